@@ -1,0 +1,124 @@
+"""arxivcls prepare | train | tune | evaluate | predict.
+
+Bad input or configuration: one line `error: ...` on stderr, exit code 2, no traceback.
+"""
+import argparse
+import os
+import sys
+
+from arxivcls.errors import UserError
+
+
+def _config(args):
+    from arxivcls.config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "data", None):
+        overrides.append(f"data.path={args.data}")
+    return load_config(args.config, overrides)
+
+
+def cmd_prepare(args) -> None:
+    from arxivcls.config import load_config
+    from arxivcls.data import describe, prepare
+
+    overrides = [f"data.path={args.data}"]
+    if args.min_per_class is not None:
+        overrides.append(f"data.min_per_class={args.min_per_class}")
+    if args.max_papers is not None:
+        overrides.append(f"data.max_papers={args.max_papers}")
+    if args.out:
+        overrides.append(f"data.cache_dir={args.out}")
+    config = load_config(args.config, overrides + list(args.set or []))
+    print(describe(prepare(config.data)))
+
+
+def cmd_train(args) -> None:
+    from arxivcls.train import run_training
+
+    run_training(_config(args), address=args.address)
+
+
+def cmd_tune(args) -> None:
+    from arxivcls.tuning import run_study
+
+    run_study(_config(args), resume=args.resume, address=args.address)
+
+
+def cmd_evaluate(args) -> None:
+    from arxivcls.evaluate import evaluate_study
+
+    extra = dict(_split_named(m) for m in args.model or [])
+    evaluate_study(args.results_dir, extra_models=extra, address=args.address)
+
+
+def cmd_predict(args) -> None:
+    from arxivcls.predict import predict_cli
+
+    predict_cli(args)
+
+
+def _split_named(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise UserError(f"--model expects NAME=PATH, got '{item}'")
+    name, path = item.split("=", 1)
+    return name, path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arxivcls", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="validate, filter and split a papers file (cached)")
+    p.add_argument("--data", required=True, help="papers file: .csv, .parquet or .jsonl")
+    p.add_argument("--min-per-class", type=int, help="drop categories with fewer papers (default 5)")
+    p.add_argument("--max-papers", type=int, help="stratified sample size (default: all)")
+    p.add_argument("--out", help="cache directory (default .cache/arxivcls)")
+    p.add_argument("--config", help="optional YAML config for the other data options")
+    p.add_argument("--set", action="append", metavar="section.key=value")
+    p.set_defaults(func=cmd_prepare)
+
+    for name, func, help_text in (("train", cmd_train, "one Ray Train run with the config's hyperparameters"),
+                                  ("tune", cmd_tune, "a Ray Tune study (OptunaSearch + ASHA), then the evaluation")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("config", help="study config, e.g. tune/cpu.yaml")
+        p.add_argument("--data", help="papers file (overrides data.path)")
+        p.add_argument("--set", action="append", metavar="section.key=value", help="override a config value")
+        p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local one)")
+        if name == "tune":
+            p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("evaluate", help="re-run the evaluation and comparison of a finished study")
+    p.add_argument("results_dir")
+    p.add_argument("--model", action="append", metavar="NAME=PATH", help="an extra checkpoint to compare")
+    p.add_argument("--address")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k categories for papers")
+    p.add_argument("--model", required=True, help="a saved model directory")
+    p.add_argument("--title")
+    p.add_argument("--abstract", default="")
+    p.add_argument("--input", help="CSV / JSONL / Parquet with title and abstract (or summary) columns")
+    p.add_argument("--output", help="write predictions here (.csv or .jsonl) instead of stdout")
+    p.add_argument("--top-k", type=int, default=3)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

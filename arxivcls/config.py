@@ -1,0 +1,258 @@
+"""Plain-data configuration: dataclasses loaded from YAML, overridden with `--set section.key=value`.
+
+Unknown keys and invalid values raise UserError (the CLI turns that into `error: ...`, exit 2).
+"""
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from arxivcls.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    path: str = "../shared/data/arxiv_papers.parquet"
+    min_per_class: int = 5  # the original study dropped classes under 5 papers
+    max_papers: int = 0  # 0 = all; else a stratified sample of this size
+    max_per_class: int = 0  # 0 = no cap; caps huge classes (math.AP) before sampling
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_length: int = 512  # tokens; truncation only, padding is per batch
+    seed: int = 42
+    cache_dir: str = ".cache/arxivcls"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm"  # alias (scibert | minilm), hub id, or local directory
+
+
+@dataclass
+class TrainConfig:
+    # The original study's "default" model: lr 5e-5, batch 8, 3 epochs, weight decay 0.01 and
+    # 500 warmup steps. 500 steps were ~1.2% of its 3 epochs over ~109k training papers at batch 8,
+    # so warmup is a ratio here and scales with dataset size.
+    learning_rate: float = 5e-5
+    batch_size: int = 8  # per worker
+    epochs: int = 3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.012
+    grad_accum_steps: int = 1
+    loss: str = "ce"  # ce | weighted_ce (inverse-sqrt-frequency class weights)
+    label_smoothing: float = 0.0
+    patience: int = 2  # epochs without improvement of the tuning metric before stopping
+    precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16
+    eval_batch_size: int = 64
+    num_workers: int = 1  # Ray Train workers per run (DDP when > 1)
+    cpus_per_worker: int = 1
+    gpus_per_worker: float = 0.0  # 0 = CPU training; fractions share a GPU between trials
+    seed: int = 42
+    metric: str = "val_macro_f1"  # what early stopping and checkpoint ranking follow
+    mode: str = "max"
+    checkpoint_keep: int = 1  # best-N checkpoints kept per run
+    max_failures: int = 2  # Ray Train worker-group restarts from the last checkpoint
+    storage_path: str = "runs"  # local dir, shared filesystem, or s3:// / gs://
+    output_dir: str = "models/default"  # `arxivcls train` copies its best checkpoint here
+
+
+@dataclass
+class TuneConfig:
+    study: str = "study"
+    num_samples: int = 10
+    metric: str = "val_macro_f1"  # one explicit objective, never a sum of metrics
+    mode: str = "max"
+    # name -> {type: loguniform|uniform|int|choice, low, high | values}; keys are TrainConfig fields
+    search_space: dict = field(default_factory=lambda: {
+        "learning_rate": {"type": "loguniform", "low": 1e-5, "high": 5e-5},
+        "batch_size": {"type": "choice", "values": [8, 16, 32]},
+        "epochs": {"type": "int", "low": 2, "high": 4},
+        "weight_decay": {"type": "loguniform", "low": 1e-3, "high": 1e-1},
+        "warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.1},
+        "loss": {"type": "choice", "values": ["ce", "weighted_ce"]},
+        "label_smoothing": {"type": "uniform", "low": 0.0, "high": 0.1},
+    })
+    grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = 2
+    max_concurrent: int = 0  # 0 = as many as the cluster's free resources fit
+    max_failures: int = 1  # Tune retries of a failed trial (Train resumes from its checkpoint)
+    seed: int = 42
+    results_dir: str = "results"  # results/<study>/ tables, plots, report
+    min_free_disk_gb: float = 0.0  # extra headroom required on top of the checkpoint estimate
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    num_actors: int = 0  # 0 = one per free CPU (or GPU), at most 4
+    top_k: int = 3
+    baseline: bool = True
+    logit_adjust: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SPACE_TYPES = {"loguniform", "uniform", "int", "choice"}
+LOSSES = {"ce", "weighted_ce"}
+PRECISIONS = {"auto", "fp32", "bf16", "fp16"}
+
+
+def _coerce(value: Any, target: Any, where: str) -> Any:
+    """Convert a YAML / --set value to the type of the dataclass default."""
+    if isinstance(target, bool):
+        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+            return value.lower() in {"true", "1", "yes"}
+        if isinstance(value, bool):
+            return value
+    elif isinstance(target, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif isinstance(target, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(target, str):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif isinstance(target, dict):
+        if isinstance(value, dict):
+            return value
+    raise UserError(f"{where}: expected {type(target).__name__}, got {value!r}")
+
+
+def _apply(section_obj: Any, values: dict, section: str) -> None:
+    known = {f.name for f in dataclasses.fields(section_obj)}
+    for key, value in values.items():
+        if key not in known:
+            raise UserError(f"unknown config key '{section}.{key}' (known: {', '.join(sorted(known))})")
+        setattr(section_obj, key, _coerce(value, getattr(section_obj, key), f"{section}.{key}"))
+
+
+def _parse_override(item: str) -> tuple[str, str, Any]:
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise UserError(f"--set expects section.key=value, got '{item}'")
+    dotted, raw = item.split("=", 1)
+    section, key = dotted.split(".", 1)
+    return section, key, yaml.safe_load(raw) if raw != "" else ""
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+    config = Config()
+    raw: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}")
+        if not isinstance(raw, dict):
+            raise UserError(f"config file {path} must be a mapping of sections")
+    sections = {f.name for f in dataclasses.fields(config)}
+    for section, values in raw.items():
+        if section not in sections:
+            raise UserError(f"unknown config section '{section}' (known: {', '.join(sorted(sections))})")
+        if not isinstance(values, dict):
+            raise UserError(f"config section '{section}' must be a mapping")
+        if section == "tune" and "search_space" in values:
+            config.tune.search_space = {}  # a config's space replaces the default, it does not merge
+        _apply(getattr(config, section), values, section)
+    for item in overrides:
+        section, key, value = _parse_override(item)
+        if section not in sections:
+            raise UserError(f"unknown config section '{section}' in --set {item}")
+        _apply(getattr(config, section), {key: value}, section)
+    validate(config)
+    return config
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def validate_train(t: TrainConfig) -> None:
+    _check(math.isfinite(t.learning_rate) and t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}")
+    _check(t.batch_size >= 1, "train.batch_size must be >= 1")
+    _check(t.epochs >= 1, "train.epochs must be >= 1")
+    _check(t.weight_decay >= 0, "train.weight_decay must be >= 0")
+    _check(0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)")
+    _check(t.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1")
+    _check(t.loss in LOSSES, f"train.loss must be one of {sorted(LOSSES)}, got '{t.loss}'")
+    _check(0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)")
+    _check(t.patience >= 1, "train.patience must be >= 1")
+    _check(t.precision in PRECISIONS, f"train.precision must be one of {sorted(PRECISIONS)}")
+    _check(t.num_workers >= 1 and t.cpus_per_worker >= 1, "train.num_workers and train.cpus_per_worker must be >= 1")
+    _check(t.gpus_per_worker >= 0, "train.gpus_per_worker must be >= 0")
+    _check(t.mode in {"max", "min"}, "train.mode must be 'max' or 'min'")
+    _check(t.checkpoint_keep >= 1, "train.checkpoint_keep must be >= 1")
+    _check(t.max_failures >= 0, "train.max_failures must be >= 0")
+
+
+def validate_search_space(space: dict, train: TrainConfig) -> None:
+    _check(bool(space), "tune.search_space is empty: give at least one hyperparameter to search")
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, spec in space.items():
+        _check(name in train_fields, f"tune.search_space: '{name}' is not a train setting")
+        _check(isinstance(spec, dict) and spec.get("type") in SPACE_TYPES,
+               f"tune.search_space.{name}: needs type in {sorted(SPACE_TYPES)}")
+        if spec["type"] == "choice":
+            candidates = spec.get("values")
+            _check(isinstance(candidates, list) and len(candidates) >= 1,
+                   f"tune.search_space.{name}: choice needs a non-empty 'values' list")
+        else:
+            low, high = spec.get("low"), spec.get("high")
+            _check(isinstance(low, (int, float)) and isinstance(high, (int, float)) and low < high,
+                   f"tune.search_space.{name}: needs numeric low < high")
+            _check(spec["type"] != "loguniform" or low > 0, f"tune.search_space.{name}: loguniform needs low > 0")
+            candidates = [low, high]
+        for value in candidates:  # every end of the range must itself be a valid setting
+            where = f"tune.search_space.{name}"
+            try:
+                validate_train(dataclasses.replace(train, **{name: _coerce(value, getattr(train, name), where)}))
+            except UserError as err:
+                raise UserError(f"{where}: {err}")
+
+
+def validate(config: Config) -> None:
+    d, tu, e = config.data, config.tune, config.eval
+    _check(d.min_per_class >= 1, "data.min_per_class must be >= 1")
+    _check(d.max_papers >= 0, "data.max_papers must be >= 0")
+    _check(d.max_per_class >= 0, "data.max_per_class must be >= 0")
+    _check(0 < d.val_fraction < 0.5 and 0 < d.test_fraction < 0.5, "data.val_fraction and data.test_fraction must be in (0, 0.5)")
+    _check(8 <= d.max_length <= 8192, "data.max_length must be between 8 and 8192")
+    validate_train(config.train)
+    _check(tu.num_samples >= 1, f"tune.num_samples must be >= 1, got {tu.num_samples}")
+    _check(tu.mode in {"max", "min"}, "tune.mode must be 'max' or 'min'")
+    _check(tu.max_failures >= 0, "tune.max_failures must be >= 0")
+    _check(tu.grace_period >= 1 and tu.reduction_factor >= 2, "tune.grace_period must be >= 1 and tune.reduction_factor >= 2")
+    _check(tu.max_concurrent >= 0, "tune.max_concurrent must be >= 0")
+    _check(bool(tu.study) and "/" not in tu.study and tu.study not in {".", ".."}, "tune.study must be a plain name")
+    _check(tu.metric.startswith("val_"), f"tune.metric must be a validation metric (val_...), got '{tu.metric}'")
+    validate_search_space(tu.search_space, config.train)
+    _check(e.batch_size >= 1 and e.num_actors >= 0 and e.top_k >= 1, "eval.batch_size and eval.top_k must be >= 1")

@@ -1,0 +1,223 @@
+"""Load papers in any of three schemas, build text, filter rare classes, split, label map; cached on disk."""
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from arxivcls.config import DataConfig
+from arxivcls.errors import UserError
+from arxivcls.files import atomic_directory
+
+# name -> (columns that must be present, abstract column, how to get the primary category)
+SCHEMAS = {
+    "arxiv-digest": ({"id", "title", "summary", "category_code", "source"}, "summary", "category_code"),
+    "kaggle": ({"id", "title", "summary", "category_code"}, "summary", "category_code"),
+    "arxiv-oai": ({"id", "title", "abstract", "categories"}, "abstract", "categories"),
+}
+SPLITS = ("train", "val", "test")
+MAX_TEXT_CHARS = 50_000  # far beyond 512 tokens; keeps a pathological 1 MB abstract from stalling tokenization
+
+
+def read_table(path: str) -> pd.DataFrame:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"data file not found: {path}")
+    if not p.is_file():
+        raise UserError(f"data path is not a file: {path}")
+    if p.stat().st_size == 0:
+        raise UserError(f"data file is empty: {path}")
+    suffix = "".join(p.suffixes[-2:]).lower() if p.suffix == ".gz" else p.suffix.lower()
+    try:
+        if suffix in {".parquet", ".pq"}:
+            return pd.read_parquet(p)
+        if suffix in {".csv", ".csv.gz"}:
+            return pd.read_csv(p, dtype=str, keep_default_na=False, encoding="utf-8")
+        if suffix in {".jsonl", ".json", ".jsonl.gz"}:
+            return pd.read_json(p, lines=True, dtype=False)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not valid UTF-8 text (byte {e.start}): re-encode it as UTF-8")
+    except (ValueError, OSError, pd.errors.ParserError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read {path} as {suffix[1:]}: {first_line}")
+    except Exception as e:  # pyarrow raises its own error types for corrupt files
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    raise UserError(f"unsupported data format '{p.suffix}' for {path}: use .csv, .parquet or .jsonl")
+
+
+def detect_schema(columns) -> str:
+    columns = set(columns)
+    for name, (required, _, _) in SCHEMAS.items():
+        if required <= columns:
+            return name
+    missing = "; ".join(f"{name} needs {sorted(req - columns)}" for name, (req, _, _) in SCHEMAS.items() if name != "arxiv-digest")
+    raise UserError(f"no known schema fits columns {sorted(columns)[:12]}: {missing}")
+
+
+def _clean(series: pd.Series) -> pd.Series:
+    text = series.fillna("").astype(str).str.slice(0, MAX_TEXT_CHARS)
+    return text.map(lambda s: re.sub(r"\s+", " ", s).strip())
+
+
+def normalize(raw: pd.DataFrame) -> tuple[pd.DataFrame, str, dict]:
+    """Return (papers with columns id, text, category), schema name, and what was dropped."""
+    schema = detect_schema(raw.columns)
+    _, abstract_col, category_col = SCHEMAS[schema]
+    category = raw[category_col].fillna("").astype(str).str.strip()
+    if schema == "arxiv-oai":
+        category = category.str.split().str[0].fillna("")
+    papers = pd.DataFrame({
+        "id": raw["id"].fillna("").astype(str).str.strip().str.replace(r"v\d+$", "", regex=True),
+        "text": (_clean(raw["title"]) + " " + _clean(raw[abstract_col])).str.strip(),
+        "category": category,
+    })
+    dropped = {"no_text": int((papers.text == "").sum()), "no_category": int((papers.category == "").sum())}
+    papers = papers[(papers.text != "") & (papers.category != "")]
+    conflicting = papers.groupby("id").category.nunique()
+    conflicting_ids = set(conflicting[conflicting > 1].index)
+    dropped["conflicting_duplicate_ids"] = len(conflicting_ids)
+    papers = papers[~papers.id.isin(conflicting_ids)]
+    before = len(papers)
+    papers = papers.drop_duplicates("id", keep="first")
+    dropped["duplicate_ids"] = before - len(papers)
+    if papers.empty:
+        raise UserError("no usable papers: every row lacks text or a category")
+    return papers.reset_index(drop=True), schema, dropped
+
+
+def stratified_sample(papers: pd.DataFrame, max_papers: int, min_per_class: int, seed: int) -> pd.DataFrame:
+    """About max_papers rows with the class imbalance kept, but every class keeps >= min_per_class rows."""
+    counts = papers.category.value_counts()
+    if max_papers <= 0 or max_papers >= len(papers):
+        return papers
+
+    def quotas(fraction: float) -> pd.Series:
+        return np.minimum(counts, np.maximum(min_per_class, np.floor(counts * fraction))).astype(int)
+
+    low, high = 0.0, 1.0
+    for _ in range(50):  # bisection on the sampling fraction
+        mid = (low + high) / 2
+        low, high = (mid, high) if quotas(mid).sum() <= max_papers else (low, mid)
+    take = quotas(low)
+    rng = np.random.default_rng(seed)
+    parts = [group.iloc[rng.permutation(len(group))[: take[cat]]] for cat, group in papers.groupby("category", sort=True)]
+    return pd.concat(parts).reset_index(drop=True)
+
+
+def stratified_split(papers: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> dict[str, pd.DataFrame]:
+    """Per class: shuffle, then test / val / train. Classes with >= 3 papers get >= 1 in each split."""
+    rng = np.random.default_rng(seed)
+    assignment = np.empty(len(papers), dtype=object)
+    for _, index in papers.groupby("category", sort=True).indices.items():
+        index = index[rng.permutation(len(index))]
+        n = len(index)
+        n_test = max(1, round(n * test_fraction)) if n >= 3 else 0
+        n_val = max(1, round(n * val_fraction)) if n >= 3 else 0
+        assignment[index[:n_test]] = "test"
+        assignment[index[n_test:n_test + n_val]] = "val"
+        assignment[index[n_test + n_val:]] = "train"
+    return {name: papers[assignment == name].reset_index(drop=True) for name in SPLITS}
+
+
+@dataclass
+class Prepared:
+    """A prepared dataset on disk: <dir>/{train,val,test}.parquet (id, text, label) and meta.json."""
+    dir: str
+    key: str
+    id2label: dict
+    train_counts: dict  # category -> papers in train
+    meta: dict
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def label2id(self) -> dict:
+        return {label: int(i) for i, label in self.id2label.items()}
+
+    def split_path(self, name: str) -> Path:
+        return Path(self.dir) / f"{name}.parquet"
+
+    def load_split(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.split_path(name))
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(cfg: DataConfig) -> str:
+    options = {k: v for k, v in asdict(cfg).items() if k not in {"path", "cache_dir", "max_length"}}
+    blob = json.dumps({"file": _file_digest(cfg.path), "options": options, "version": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_prepared(directory) -> Prepared:
+    meta = json.loads((Path(directory) / "meta.json").read_text())
+    return Prepared(str(directory), meta["key"], {int(k): v for k, v in meta["id2label"].items()}, meta["train_counts"], meta)
+
+
+def prepare(cfg: DataConfig, log=print) -> Prepared:
+    """Prepare (or load from cache) the split for this file and these options."""
+    if not Path(cfg.path).is_file():
+        raise UserError(f"data file not found: {cfg.path}")
+    key = cache_key(cfg)
+    directory = Path(cfg.cache_dir).expanduser() / "prepared" / key
+    if (directory / "meta.json").is_file():
+        prepared = load_prepared(directory)
+        log(f"prepared data: cache hit {directory}")
+        return prepared
+
+    papers, schema, dropped = normalize(read_table(cfg.path))
+    log(f"read {cfg.path}: schema {schema}, {len(papers)} usable papers, {papers.category.nunique()} categories")
+    if cfg.max_per_class:
+        shuffled = papers.sample(frac=1.0, random_state=cfg.seed)
+        papers = shuffled.groupby("category").head(cfg.max_per_class).reset_index(drop=True)
+    counts = papers.category.value_counts()
+    rare = counts[counts < cfg.min_per_class]
+    papers = papers[~papers.category.isin(rare.index)]
+    if papers.empty:
+        raise UserError(f"every category has fewer than min_per_class={cfg.min_per_class} papers: nothing left to train on")
+    papers = stratified_sample(papers, cfg.max_papers, cfg.min_per_class, cfg.seed)
+    splits = stratified_split(papers, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    categories = sorted(papers.category.unique())
+    label2id = {c: i for i, c in enumerate(categories)}
+    train_counts = splits["train"].category.value_counts().reindex(categories, fill_value=0)
+    meta = {
+        "key": key, "source": str(cfg.path), "schema": schema, "options": asdict(cfg),
+        "dropped_rows": dropped,
+        "dropped_categories": {c: int(n) for c, n in rare.items()},
+        "split_sizes": {name: len(df) for name, df in splits.items()},
+        "id2label": {i: c for c, i in label2id.items()},
+        "train_counts": {c: int(n) for c, n in train_counts.items()},
+    }
+    with atomic_directory(directory) as staging:
+        for name, df in splits.items():
+            df = df.assign(label=df.category.map(label2id).astype("int64"))[["id", "text", "label", "category"]]
+            df.to_parquet(staging / f"{name}.parquet", index=False)
+        (staging / "meta.json").write_text(json.dumps(meta, indent=1))
+    return load_prepared(directory)
+
+
+def describe(prepared: Prepared) -> str:
+    meta = prepared.meta
+    counts = pd.Series(prepared.train_counts).sort_values(ascending=False)
+    lines = [
+        f"schema: {meta['schema']}   cache: {prepared.dir}",
+        f"categories kept: {prepared.num_labels}   split sizes: " + ", ".join(f"{k} {v}" for k, v in meta["split_sizes"].items()),
+        f"rows dropped: " + ", ".join(f"{k} {v}" for k, v in meta["dropped_rows"].items()),
+        f"categories dropped (< {meta['options']['min_per_class']} papers): {len(meta['dropped_categories'])}"
+        + (f" ({', '.join(f'{c}:{n}' for c, n in list(meta['dropped_categories'].items())[:20])}"
+           + (" ..." if len(meta["dropped_categories"]) > 20 else "") + ")" if meta["dropped_categories"] else ""),
+        "train papers per category:",
+    ]
+    lines += [f"  {cat:<22} {n}" for cat, n in counts.items()]
+    return "\n".join(lines)

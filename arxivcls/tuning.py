@@ -1,0 +1,305 @@
+"""A Ray Tune study: OptunaSearch (TPE) proposes, ASHA stops early, each trial is a Ray Train run.
+
+Data is prepared and tokenized once on the driver and shared with every trial through the object store.
+"""
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from arxivcls.config import Config, TrainConfig
+from arxivcls.errors import UserError
+from arxivcls.files import atomic_directory, atomic_write_text
+
+SEARCHED_TRIAL_PREFIX = "p_"  # hyperparameter columns in trials.csv
+
+
+# ---------------------------------------------------------------- search space and searcher
+
+def tune_search_space(space: dict) -> dict:
+    from ray import tune
+
+    domains = {}
+    for name, spec in space.items():
+        kind = spec["type"]
+        if kind == "loguniform":
+            domains[name] = tune.loguniform(spec["low"], spec["high"])
+        elif kind == "uniform":
+            domains[name] = tune.uniform(spec["low"], spec["high"])
+        elif kind == "int":
+            domains[name] = tune.randint(int(spec["low"]), int(spec["high"]) + 1)  # inclusive high
+        else:
+            domains[name] = tune.choice(list(spec["values"]))
+    return domains
+
+
+def default_point(space: dict, train: TrainConfig) -> dict:
+    """The original study's default configuration, expressed in the searched parameters."""
+    return {name: getattr(train, name) for name in space}
+
+
+def make_searcher(config: Config):
+    """OptunaSearch that tells Optuna the truth about trials ASHA stopped: PRUNED, not COMPLETE.
+
+    Stock OptunaSearch reports an ASHA-stopped trial as COMPLETE with its low-budget score, which
+    TPE then treats as a finished result at full budget.
+    """
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class BudgetAwareOptunaSearch(OptunaSearch):
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            stopped_early = (result and not error and not result.get("stopped_by_patience")
+                             and result.get("epoch", 0) < result.get("planned_epochs", 0))
+            if stopped_early and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+                self._ot_study.tell(self._ot_trials[trial_id], None, state=optuna.trial.TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    tune_cfg = config.tune
+    return BudgetAwareOptunaSearch(
+        metric=tune_cfg.metric, mode=tune_cfg.mode,
+        points_to_evaluate=[default_point(tune_cfg.search_space, config.train)],
+        sampler=optuna.samplers.TPESampler(seed=tune_cfg.seed, n_startup_trials=min(5, tune_cfg.num_samples)),
+    )
+
+
+# ---------------------------------------------------------------- resources and disk
+
+def trial_resources(train: TrainConfig) -> dict:
+    """What one trial's Ray Train workers hold. The trial's own driver function asks for none:
+    a CPU held by an idle driver is what deadlocked two 1-CPU trials on a 2-CPU machine."""
+    per_worker = {"CPU": float(train.cpus_per_worker)}
+    if train.gpus_per_worker > 0:
+        per_worker["GPU"] = float(train.gpus_per_worker)
+    return {k: v * train.num_workers for k, v in per_worker.items()}
+
+
+def plan_concurrency(available: dict, train: TrainConfig, num_samples: int, max_concurrent: int = 0) -> int:
+    """How many trials can run at once on the free resources (never more than fit)."""
+    need = trial_resources(train)
+    fits = min(math.floor(available.get(res, 0.0) / amount + 1e-9) for res, amount in need.items())
+    # Each worker is placed whole on one node: also bound by how many workers fit per node is the
+    # autoscaler's job on a cluster; here we bound by the cluster total.
+    if fits < 1:
+        if max_concurrent > 0:  # an autoscaling cluster grows to fit: trust the explicit limit
+            return min(max_concurrent, num_samples)
+        have = ", ".join(f"{k}={available.get(k, 0):g}" for k in need)
+        want = ", ".join(f"{k}={v:g}" for k, v in need.items())
+        raise UserError(f"one trial needs {want} but the Ray cluster has only {have} free: "
+                        f"lower train.num_workers / cpus_per_worker / gpus_per_worker, or add nodes")
+    if max_concurrent > 0:
+        fits = min(fits, max_concurrent)
+    return max(1, min(fits, num_samples))
+
+
+def checkpoint_bytes(model_dir: str) -> int:
+    """Weights + AdamW's two moments, as a checkpoint holds them."""
+    weights = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+    return 3 * weights
+
+
+def check_disk(storage_path: str, need_bytes: int, headroom_gb: float) -> dict:
+    if "://" in storage_path:
+        return {"storage": storage_path, "estimated_need_gb": need_bytes / 1e9, "free_gb": None}
+    path = Path(storage_path).expanduser().resolve()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes + headroom_gb * 1e9:
+        raise UserError(f"storage {path} has {free / 1e9:.1f} GB free but the study may need "
+                        f"{need_bytes / 1e9:.1f} GB of checkpoints (+{headroom_gb:g} GB headroom): free space or "
+                        f"lower tune.num_samples / train.checkpoint_keep")
+    return {"storage": str(path), "estimated_need_gb": round(need_bytes / 1e9, 3), "free_gb": round(free / 1e9, 1)}
+
+
+def disk_usage_bytes(path: str) -> int | None:
+    if "://" in path or not Path(path).exists():
+        return None
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------- the per-trial driver
+
+def trial_driver(config: dict, base: dict) -> None:
+    """Runs inside a Tune trial: one Ray Train run with this trial's hyperparameters."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from arxivcls.train import build_trainer
+
+    train = TrainConfig(**{**base["train"], **config})
+    trial_id = ray.tune.get_context().get_trial_id()
+    # A stable name: a retried trial (Tune FailureConfig) finds its Train run and resumes it.
+    build_trainer(train, base["loop_base"], name=f"train-{trial_id}", callbacks=[TuneReportCallback()]).fit()
+
+
+# ---------------------------------------------------------------- the study
+
+def study_paths(config: Config) -> dict:
+    from arxivcls.train import storage_uri
+
+    storage = storage_uri(config.train.storage_path)
+    return {"storage": storage, "experiment": f"{storage.rstrip('/')}/{config.tune.study}",
+            "results": Path(config.tune.results_dir) / config.tune.study,
+            "models": Path("models") / config.tune.study}
+
+
+def _experiment_exists(path: str) -> bool:
+    from ray.tune import Tuner
+
+    try:
+        return Tuner.can_restore(path)
+    except Exception:
+        return False
+
+
+def run_study(config: Config, resume: bool = False, address: str | None = None, evaluate: bool = True, log=print) -> Path:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from arxivcls.train import connect_ray, prepare_inputs
+
+    paths = study_paths(config)
+    exists = _experiment_exists(paths["experiment"])
+    if resume and not exists:
+        raise UserError(f"--resume: no study to resume at {paths['experiment']}")
+    if not resume and exists:
+        raise UserError(f"study '{config.tune.study}' already exists at {paths['experiment']}: "
+                        f"add --resume to continue it, or --set tune.study=NEW_NAME")
+    _check_writable(paths["results"].parent)
+
+    started = time.time()
+    connect_ray(address, log=log)
+    inputs = prepare_inputs(config, log=log)
+    train = dataclasses.replace(config.train, metric=config.tune.metric, mode=config.tune.mode,
+                                storage_path=paths["storage"])
+    available = ray.available_resources()
+    concurrency = plan_concurrency(available, train, config.tune.num_samples, config.tune.max_concurrent)
+    disk = check_disk(paths["storage"], config.tune.num_samples * (train.checkpoint_keep + 1) * checkpoint_bytes(inputs["model_dir"]),
+                      config.tune.min_free_disk_gb)
+    log(f"study '{config.tune.study}': {config.tune.num_samples} trials, {concurrency} at a time "
+        f"(each {trial_resources(train)}; free {({k: available[k] for k in ('CPU', 'GPU') if k in available})}), "
+        f"objective {config.tune.metric} ({config.tune.mode})")
+
+    base = {"train": dataclasses.asdict(train), "loop_base": inputs["loop_base"]}
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base), {"CPU": 0})
+    max_epochs = max(train.epochs, int(config.tune.search_space.get("epochs", {}).get("high", train.epochs)))
+    if resume:
+        log(f"resuming study from {paths['experiment']}")
+        tuner = tune.Tuner.restore(paths["experiment"], trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_search_space(config.tune.search_space),
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(make_searcher(config), max_concurrent=concurrency),
+                scheduler=ASHAScheduler(time_attr="epoch", metric=config.tune.metric, mode=config.tune.mode,
+                                        max_t=max_epochs, grace_period=config.tune.grace_period,
+                                        reduction_factor=config.tune.reduction_factor),
+                num_samples=config.tune.num_samples,
+                max_concurrent_trials=concurrency,
+            ),
+            run_config=tune.RunConfig(
+                name=config.tune.study, storage_path=paths["storage"],
+                failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
+            ),
+        )
+    grid = tuner.fit()
+
+    trials, history = collect_trials(grid, config)
+    if trials.empty or trials.best_metric.isna().all():
+        raise RuntimeError(f"no trial reported {config.tune.metric}; see the trial errors under {paths['experiment']}")
+    ascending = config.tune.mode == "min"
+    best = trials.dropna(subset=["best_metric"]).sort_values("best_metric", ascending=ascending).iloc[0]
+    default = trials.iloc[0]  # points_to_evaluate: the first trial is the default configuration
+    from arxivcls.train import export_model
+
+    models = {"tuned": export_model(best.best_checkpoint, str(paths["models"] / "tuned")),
+              "default": export_model(default.best_checkpoint, str(paths["models"] / "default"))}
+    study = {
+        "study": config.tune.study, "config": config.to_dict(), "ray_version": ray.__version__,
+        "resources_seen": {k: v for k, v in available.items() if not k.startswith("node:")},
+        "concurrency": concurrency, "trial_resources": trial_resources(train),
+        "wall_seconds": round(time.time() - started, 1), "num_trials": len(trials),
+        "trials_by_status": trials.status.value_counts().to_dict(),
+        "trial_epochs": int(trials.epochs_run.sum()),
+        "best_trial": {"trial_id": best.trial_id, config.tune.metric: float(best.best_metric),
+                       "params": {k[len(SEARCHED_TRIAL_PREFIX):]: _plain(best[k]) for k in trials.columns if k.startswith(SEARCHED_TRIAL_PREFIX)}},
+        "default_trial": {"trial_id": default.trial_id, config.tune.metric: _plain(default.best_metric)},
+        "models": models, "prepared_data": inputs["prepared"].dir,
+        "data": {"split_sizes": inputs["prepared"].meta["split_sizes"], "categories": inputs["prepared"].num_labels},
+        "tokenization": inputs["tokenization"],
+        "experiment_path": paths["experiment"], "disk": {**disk, "study_bytes": disk_usage_bytes(paths["experiment"])},
+    }
+    results_dir = paths["results"]
+    with atomic_directory(results_dir) as staging:
+        (staging / "study.json").write_text(json.dumps(study, indent=1, default=_plain))
+        trials.to_csv(staging / "trials.csv", index=False, float_format="%.5g")
+        history.to_csv(staging / "history.csv", index=False, float_format="%.5g")
+    log(f"study done in {study['wall_seconds']:.0f}s: best trial {best.trial_id} {config.tune.metric}="
+        f"{best.best_metric:.4f} (default {default.best_metric:.4f}); tuned model: {models['tuned']}")
+    if evaluate:
+        from arxivcls.evaluate import evaluate_study
+
+        evaluate_study(results_dir, address=address, log=log)
+    return results_dir
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
+    if not directory.is_dir() or not os.access(directory, os.W_OK):
+        raise UserError(f"results directory {directory} is not writable")
+
+
+def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trials.csv (one row per trial) and history.csv (one row per trial-epoch) from a ResultGrid."""
+    metric, mode = config.tune.metric, config.tune.mode
+    rows, histories = [], []
+    for result in grid:
+        frame = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        params = {f"{SEARCHED_TRIAL_PREFIX}{k}": v for k, v in (result.config or {}).items()}
+        row = {"trial_id": trial_id, **params, "status": "error" if result.error else "completed",
+               "epochs_run": 0, "planned_epochs": None, "best_metric": float("nan"), "best_checkpoint": None,
+               "seconds": (result.metrics or {}).get("time_total_s"), "error": str(result.error).splitlines()[0][:200] if result.error else ""}
+        if not frame.empty and metric in frame:
+            frame = frame.dropna(subset=[metric])
+            best_idx = frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()
+            best_row = frame.loc[best_idx]
+            last = frame.iloc[-1]
+            row.update(epochs_run=int(frame.epoch.max()), planned_epochs=int(last.get("planned_epochs", 0) or 0),
+                       best_metric=float(best_row[metric]), best_epoch=int(best_row.epoch),
+                       best_checkpoint=best_row.get("checkpoint_path"),
+                       **{f"best_{k}": float(best_row[k]) for k in ("val_accuracy", "val_weighted_f1", "val_macro_f1", "val_loss") if k in best_row})
+            if not result.error:
+                if last.get("stopped_by_patience"):
+                    row["status"] = "stopped_by_patience"
+                elif row["epochs_run"] < row["planned_epochs"]:
+                    row["status"] = "stopped_by_asha"
+            keep = [c for c in ("epoch", metric, "val_loss", "val_accuracy", "val_macro_f1", "val_weighted_f1", "train_loss", "epoch_seconds") if c in frame]
+            histories.append(frame[keep].assign(trial_id=trial_id, status=row["status"]))
+        rows.append(row)
+    trials = pd.DataFrame(rows)
+    # Tune numbers trials in creation order (..._00000 is the default configuration).
+    trials = trials.assign(_order=trials.trial_id.str.rsplit("_", n=1).str[-1]).sort_values("_order").drop(columns="_order")
+    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["trial_id", "epoch", metric, "status"])
+    return trials.reset_index(drop=True), history

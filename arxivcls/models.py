@@ -61,7 +61,8 @@ def load_classifier(model_dir: str, id2label: dict | None = None):
     kwargs = {}
     if id2label is not None:
         id2label = {int(i): str(c) for i, c in id2label.items()}
-        kwargs = dict(num_labels=len(id2label), id2label=id2label, label2id={c: i for i, c in id2label.items()})
+        kwargs = dict(num_labels=len(id2label), id2label=id2label, label2id={c: i for i, c in id2label.items()},
+                      ignore_mismatched_sizes=True)  # a head trained for other labels is replaced
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "newly initialized classifier" is expected here
     try:

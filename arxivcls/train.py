@@ -218,11 +218,14 @@ def connect_ray(address: str | None = None, log=print) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level="WARNING")
+        info = ray.init(address=address, logging_level="WARNING")
     else:  # local cluster; the dashboard (and token auth, on by default in Ray 2.60) stay on loopback
-        ray.init(dashboard_host="127.0.0.1", include_dashboard=True, logging_level="WARNING")
-    dashboard = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
-    dashboard = dashboard or getattr(ray.worker.global_worker.node, "address_info", {}).get("webui_url")
+        info = ray.init(dashboard_host="127.0.0.1", include_dashboard=True, logging_level="WARNING")
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ray.data.DataContext.get_current().print_on_execution_start = False
+    dashboard = info.dashboard_url
     log(f"ray: {'joined ' + address if address else 'started a local cluster'}; dashboard http://{dashboard}"
         if dashboard else "ray: connected (no dashboard)")
 

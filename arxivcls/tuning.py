@@ -17,6 +17,10 @@ from arxivcls.errors import UserError
 from arxivcls.files import atomic_directory, atomic_write_text
 
 SEARCHED_TRIAL_PREFIX = "p_"  # hyperparameter columns in trials.csv
+# The per-trial driver only waits on its Train run: it holds no CPU (Tune needs a non-empty
+# request, so it asks for 1 MiB of memory). A CPU per idle driver is what deadlocked two 1-CPU
+# trials on a 2-CPU machine: both drivers held a CPU and neither worker group could start.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
 
 
 # ---------------------------------------------------------------- search space and searcher
@@ -73,8 +77,7 @@ def make_searcher(config: Config):
 # ---------------------------------------------------------------- resources and disk
 
 def trial_resources(train: TrainConfig) -> dict:
-    """What one trial's Ray Train workers hold. The trial's own driver function asks for none:
-    a CPU held by an idle driver is what deadlocked two 1-CPU trials on a 2-CPU machine."""
+    """What one trial's Ray Train workers hold (its driver holds no CPU: TRIAL_DRIVER_RESOURCES)."""
     per_worker = {"CPU": float(train.cpus_per_worker)}
     if train.gpus_per_worker > 0:
         per_worker["GPU"] = float(train.gpus_per_worker)
@@ -192,7 +195,7 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
         f"objective {config.tune.metric} ({config.tune.mode})")
 
     base = {"train": dataclasses.asdict(train), "loop_base": inputs["loop_base"]}
-    trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base), {"CPU": 0})
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base), TRIAL_DRIVER_RESOURCES)
     max_epochs = max(train.epochs, int(config.tune.search_space.get("epochs", {}).get("high", train.epochs)))
     if resume:
         log(f"resuming study from {paths['experiment']}")
@@ -221,7 +224,9 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
         raise RuntimeError(f"no trial reported {config.tune.metric}; see the trial errors under {paths['experiment']}")
     ascending = config.tune.mode == "min"
     best = trials.dropna(subset=["best_metric"]).sort_values("best_metric", ascending=ascending).iloc[0]
-    default = trials.iloc[0]  # points_to_evaluate: the first trial is the default configuration
+    if not trials.is_default.iloc[0]:
+        raise RuntimeError("the default configuration trial is missing from the study")
+    default = trials.iloc[0]
     from arxivcls.train import export_model
 
     models = {"tuned": export_model(best.best_checkpoint, str(paths["models"] / "tuned")),
@@ -255,6 +260,12 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
     return results_dir
 
 
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
 def _plain(value):
     if hasattr(value, "item"):
         return value.item()
@@ -283,8 +294,8 @@ def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                "seconds": (result.metrics or {}).get("time_total_s"), "error": str(result.error).splitlines()[0][:200] if result.error else ""}
         if not frame.empty and metric in frame:
             frame = frame.dropna(subset=[metric])
-            best_idx = frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()
-            best_row = frame.loc[best_idx]
+            best_value = frame[metric].max() if mode == "max" else frame[metric].min()
+            best_row = frame[frame[metric] == best_value].iloc[-1]  # on ties Ray keeps the latest checkpoint
             last = frame.iloc[-1]
             row.update(epochs_run=int(frame.epoch.max()), planned_epochs=int(last.get("planned_epochs", 0) or 0),
                        best_metric=float(best_row[metric]), best_epoch=int(best_row.epoch),
@@ -299,7 +310,8 @@ def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
             histories.append(frame[keep].assign(trial_id=trial_id, status=row["status"]))
         rows.append(row)
     trials = pd.DataFrame(rows)
-    # Tune numbers trials in creation order (..._00000 is the default configuration).
-    trials = trials.assign(_order=trials.trial_id.str.rsplit("_", n=1).str[-1]).sort_values("_order").drop(columns="_order")
+    default = default_point(config.tune.search_space, config.train)
+    trials.insert(1, "is_default", [all(_same(row.get(f"{SEARCHED_TRIAL_PREFIX}{k}"), v) for k, v in default.items()) for row in rows])
+    trials = trials.sort_values("is_default", ascending=False, kind="stable")  # points_to_evaluate: trial 1
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["trial_id", "epoch", metric, "status"])
     return trials.reset_index(drop=True), history

@@ -24,11 +24,15 @@
 # `ray stop` is deliberately not used: it kills every Ray process on the machine by name,
 # including other people's clusters. We kill our pids (TERM, then KILL) and verify they are gone.
 #
+# Jobs see ARXIVCLS_WORKDIR (default: this checkout) and ARXIVCLS_STORAGE (if set) as they were
+# when `start` ran; cluster/submit.sh runs `arxivcls tune` there (see cluster/README.md).
+#
 # Other knobs: RAY_BIN (default: `ray` on PATH), ARXIVCLS_OBJECT_STORE_BYTES (default 200 MB per
 # node), ARXIVCLS_START_TIMEOUT (seconds to wait for both nodes, default 240).
 set -euo pipefail
 
 STATE_DIR=${ARXIVCLS_TWO_NODE_DIR:-/tmp/arxivcls-2n}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 RAY_BIN=${RAY_BIN:-ray}
 OBJECT_STORE_BYTES=${ARXIVCLS_OBJECT_STORE_BYTES:-200000000}
 START_TIMEOUT=${ARXIVCLS_START_TIMEOUT:-240}
@@ -129,6 +133,10 @@ GCS_ADDRESS=127.0.0.1:$GCS_PORT
 DASHBOARD_URL=http://127.0.0.1:$DASHBOARD_PORT
 EOF
 
+    # Inherited by every Ray process of this cluster, hence by job entrypoints: like the cloud
+    # configs, jobs from cluster/submit.sh run in $ARXIVCLS_WORKDIR (default: this checkout, so
+    # results/<study>/ lands where a local run puts it); $ARXIVCLS_STORAGE passes through if set.
+    export ARXIVCLS_WORKDIR=${ARXIVCLS_WORKDIR:-$REPO}
     export RAY_AUTH_MODE=token
     export RAY_AUTH_TOKEN_PATH="$STATE_DIR/auth_token"
     unset RAY_AUTH_TOKEN RAY_ADDRESS RAY_API_SERVER_ADDRESS

@@ -63,7 +63,7 @@ SUBMISSION_ID=${ARXIVCLS_SUBMISSION_ID:-arxivcls-$stem-$(date -u +%Y%m%d-%H%M%S)
 
 # $src, $ARXIVCLS_WORKDIR and $ARXIVCLS_STORAGE are escaped: the head's shell expands them.
 # (`ray job submit` shlex-joins its arguments, hence the explicit `sh -c` below.)
-ENTRYPOINT="src=\$PWD && mkdir -p \"\${ARXIVCLS_WORKDIR:-.}\" && cd \"\${ARXIVCLS_WORKDIR:-.}\" && exec arxivcls tune \"\$src\"/$(q "$CONFIG_REL") \${ARXIVCLS_STORAGE:+--set train.storage_path=\$ARXIVCLS_STORAGE}"
+ENTRYPOINT="src=\$PWD && mkdir -p \"\${ARXIVCLS_WORKDIR:-.}\" && cd \"\${ARXIVCLS_WORKDIR:-.}\" && echo \"submit.sh: running in \$PWD\" >&2 && exec arxivcls tune \"\$src\"/$(q "$CONFIG_REL") \${ARXIVCLS_STORAGE:+--set train.storage_path=\$ARXIVCLS_STORAGE}"
 for arg in "$@"; do ENTRYPOINT+=" $(q "$arg")"; done
 
 if [ -n "${ARXIVCLS_SUBMIT_DRY_RUN:-}" ]; then

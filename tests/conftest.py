@@ -1,0 +1,69 @@
+"""Shared fixtures: real papers (a small sample read by path), a tiny random BERT with a tokenizer
+trained on the spot (no network), and one local Ray cluster per test session."""
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("ARXIVCLS_NO_MPS", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "arxiv_papers.parquet"
+
+
+@pytest.fixture(scope="session")
+def real_papers() -> pd.DataFrame:
+    """~1,200 real papers from 6 categories (a fixed sample of ../shared/data)."""
+    if not SHARED_DATA.is_file():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    df = pd.read_parquet(SHARED_DATA, columns=["id", "title", "summary", "category_code", "categories", "source"])
+    keep = ["cs.CV", "cs.CL", "math.AP", "quant-ph", "cs.RO", "stat.ML"]
+    df = df[df.category_code.isin(keep)]
+    return df.groupby("category_code").sample(200, random_state=0).reset_index(drop=True)
+
+
+def make_tiny_bert(directory: Path, texts: list[str]) -> Path:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
+        vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    from tokenizers.processors import TemplateProcessing
+    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    config = BertConfig(vocab_size=fast.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, num_labels=2)
+    model = BertForSequenceClassification(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    fast.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, real_papers) -> Path:
+    texts = (real_papers.title + " " + real_papers.summary).tolist()
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), texts)
+
+
+@pytest.fixture(scope="session")
+def papers_file(tmp_path_factory, real_papers) -> Path:
+    path = tmp_path_factory.mktemp("data") / "papers.parquet"
+    real_papers.to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster for the session (2 CPUs, as this machine)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -47,6 +47,7 @@ class TrainConfig:
     patience: int = 2  # epochs without improvement of the tuning metric before stopping
     precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16
     eval_batch_size: int = 64
+    max_steps_per_epoch: int = 0  # 0 = whole epoch; > 0 caps batches per epoch (smoke tests, benchmarks)
     num_workers: int = 1  # Ray Train workers per run (DDP when > 1)
     cpus_per_worker: int = 1
     gpus_per_worker: float = 0.0  # 0 = CPU training; fractions share a GPU between trials
@@ -212,6 +213,7 @@ def validate_train(t: TrainConfig) -> None:
     _check(t.mode in {"max", "min"}, "train.mode must be 'max' or 'min'")
     _check(t.checkpoint_keep >= 1, "train.checkpoint_keep must be >= 1")
     _check(t.max_failures >= 0, "train.max_failures must be >= 0")
+    _check(t.max_steps_per_epoch >= 0, "train.max_steps_per_epoch must be >= 0")
 
 
 def validate_search_space(space: dict, train: TrainConfig) -> None:

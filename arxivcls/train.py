@@ -128,6 +128,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     optimizer = make_optimizer(model, train, device)
     batches_per_epoch = math.ceil(len(train_split) / train.batch_size / world_size)
+    if train.max_steps_per_epoch:
+        batches_per_epoch = min(batches_per_epoch, train.max_steps_per_epoch)
     steps_per_epoch = math.ceil(batches_per_epoch / train.grad_accum_steps)
     total_steps = steps_per_epoch * train.epochs
     scheduler = linear_warmup_decay(optimizer, round(train.warmup_ratio * total_steps), total_steps)
@@ -221,8 +223,11 @@ def connect_ray(address: str | None = None, log=print) -> None:
         info = ray.init(address=address, logging_level="WARNING")
     else:  # local cluster; the dashboard (and token auth, on by default in Ray 2.60) stay on loopback
         info = ray.init(dashboard_host="127.0.0.1", include_dashboard=True, logging_level="WARNING")
+    import logging
+
     import ray.data
 
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray.data.DataContext.get_current().print_on_execution_start = False
     dashboard = info.dashboard_url

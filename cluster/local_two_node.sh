@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real two-node Ray cluster on this machine, over loopback, with token auth on.
+# A real two-node Ray cluster on this machine (addresses 127.0.0.1), token auth on.
 #
 #   cluster/local_two_node.sh start    # head (1 CPU, dashboard on 127.0.0.1) + node2 (1 CPU, {"node2": 1})
 #   cluster/local_two_node.sh status   # pids, addresses, `ray status`
@@ -121,8 +121,10 @@ cmd_start() {
     read -r GCS_PORT DASHBOARD_PORT CLIENT_PORT \
         H_NM H_OM H_METRICS H_AGENT_HTTP H_AGENT_GRPC H_RTENV \
         N_NM N_OM N_METRICS N_AGENT_HTTP N_AGENT_GRPC N_RTENV <<<"$(free_ports 15)"
-    # Worker port ranges: pick two small disjoint ranges above the ephemeral ones we got.
-    local base=$(( (GCS_PORT % 2000) * 10 + 20000 ))
+    # Worker port ranges: two small disjoint ranges in 20000-32199, below the kernel's ephemeral
+    # range (32768+) so outgoing connections do not take them; varied by the GCS port so two
+    # such clusters on one machine are unlikely to overlap.
+    local base=$(( (GCS_PORT % 1200) * 10 + 20000 ))
     H_WMIN=$base; H_WMAX=$((base + 99)); N_WMIN=$((base + 100)); N_WMAX=$((base + 199))
 
     cat >"$STATE_DIR/cluster.env" <<EOF
@@ -235,7 +237,7 @@ EOF
 cmd_stop() {
     [ -d "$STATE_DIR" ] || { echo "nothing to stop ($STATE_DIR does not exist)"; return 0; }
     STATE_DIR=$(cd "$STATE_DIR" && pwd -P)
-    local pids p i
+    local pids p
     # the recorded pids plus anything of ours started since (workers, job drivers)
     pids=$( { recorded_pids; echo; our_pids; } | tr ' ' '\n' | grep -E '^[0-9]+$' | sort -un | tr '\n' ' ' )
     if [ -z "${pids// /}" ]; then
@@ -245,13 +247,13 @@ cmd_stop() {
         # TERM first (raylets exit in ~10 s and take their workers along; the GCS and the
         # autoscaler monitor tend to ignore it), KILL whatever is left after 15 s.
         for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
-        for i in $(seq 1 30); do
+        for _ in $(seq 1 30); do
             # shellcheck disable=SC2086
             any_alive $pids || break
             sleep 0.5
         done
         for p in $pids; do alive "$p" && kill -KILL "$p" 2>/dev/null || true; done
-        for i in $(seq 1 20); do
+        for _ in $(seq 1 20); do
             # shellcheck disable=SC2086
             any_alive $pids || break
             sleep 0.5

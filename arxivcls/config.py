@@ -81,7 +81,8 @@ class TuneConfig:
     max_concurrent: int = 0  # 0 = as many as the cluster's free resources fit
     max_failures: int = 1  # Tune retries of a failed trial (Train resumes from its checkpoint)
     seed: int = 42
-    results_dir: str = "results"  # results/<study>/ tables, plots, report
+    results_dir: str = "results"  # results/<study>/ tables, plots, report (committed; no weights)
+    models_dir: str = "models"  # models/<study>/{tuned,default}: Hugging Face format, outside git
     min_free_disk_gb: float = 0.0  # extra headroom required on top of the checkpoint estimate
 
 

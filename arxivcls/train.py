@@ -201,10 +201,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
                             "epoch": epoch + 1, "best": best, "bad_epochs": bad_epochs,
                             "torch_rng": torch.get_rng_state()}, Path(checkpoint_dir) / TRAINING_STATE)
                 (Path(checkpoint_dir) / "metrics.json").write_text(json.dumps(metrics, indent=1))
-                print(f"epoch {epoch + 1}/{train.epochs} " + " ".join(
-                    f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_weighted_f1")),
-                    f"({metrics['epoch_seconds']:.0f}s, {metrics['train_papers_per_s']:.1f} papers/s)", flush=True)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if rank == 0 else None)
+        if rank == 0:  # after the report: a line printed here means its checkpoint is persisted
+            print(f"epoch {epoch + 1}/{train.epochs} " + " ".join(
+                f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_weighted_f1")),
+                f"({metrics['epoch_seconds']:.0f}s, {metrics['train_papers_per_s']:.1f} papers/s)", flush=True)
         if stop:
             if rank == 0:
                 print(f"early stop: {train.metric} did not improve for {train.patience} epochs", flush=True)

@@ -47,12 +47,16 @@ def default_point(space: dict, train: TrainConfig) -> dict:
     return {name: getattr(train, name) for name in space}
 
 
-def make_searcher(config: Config):
+def _budget_aware_searcher_class():
     """OptunaSearch that tells Optuna the truth about trials ASHA stopped: PRUNED, not COMPLETE.
 
     Stock OptunaSearch reports an ASHA-stopped trial as COMPLETE with its low-budget score, which
-    TPE then treats as a finished result at full budget.
+    TPE then treats as a finished result at full budget. Defined lazily (optuna and ray are heavy
+    imports) but at module level, so Tune can pickle it into the experiment state for --resume.
     """
+    global BudgetAwareOptunaSearch
+    if "BudgetAwareOptunaSearch" in globals():
+        return BudgetAwareOptunaSearch
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -66,8 +70,22 @@ def make_searcher(config: Config):
                 return
             super().on_trial_complete(trial_id, result=result, error=error)
 
+    BudgetAwareOptunaSearch.__qualname__ = "BudgetAwareOptunaSearch"
+    BudgetAwareOptunaSearch.__module__ = __name__
+    return BudgetAwareOptunaSearch
+
+
+def __getattr__(name: str):  # lets pickle find the lazily defined class in a fresh process
+    if name == "BudgetAwareOptunaSearch":
+        return _budget_aware_searcher_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def make_searcher(config: Config):
+    import optuna
+
     tune_cfg = config.tune
-    return BudgetAwareOptunaSearch(
+    return _budget_aware_searcher_class()(
         metric=tune_cfg.metric, mode=tune_cfg.mode,
         points_to_evaluate=[default_point(tune_cfg.search_space, config.train)],
         sampler=optuna.samplers.TPESampler(seed=tune_cfg.seed, n_startup_trials=min(5, tune_cfg.num_samples)),
@@ -152,7 +170,7 @@ def study_paths(config: Config) -> dict:
     storage = storage_uri(config.train.storage_path)
     return {"storage": storage, "experiment": f"{storage.rstrip('/')}/{config.tune.study}",
             "results": Path(config.tune.results_dir) / config.tune.study,
-            "models": Path("models") / config.tune.study}
+            "models": Path(config.tune.models_dir) / config.tune.study}
 
 
 def _experiment_exists(path: str) -> bool:

@@ -59,11 +59,34 @@ def papers_file(tmp_path_factory, real_papers) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray cluster for the session (2 CPUs, as this machine)."""
+    """A local Ray cluster per test module (2 CPUs, as this machine); modules that run the CLI
+    in a subprocess start their own cluster there instead."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+def tiny_study_yaml(tmp_path: Path, papers_file: Path, tiny_bert: Path, **sections) -> Path:
+    """A study config for the tiny BERT, everything under tmp_path."""
+    import yaml
+
+    config = {
+        "data": {"path": str(papers_file), "max_length": 64, "cache_dir": str(tmp_path / "cache")},
+        "model": {"name": str(tiny_bert)},
+        "train": {"learning_rate": 1e-3, "batch_size": 16, "epochs": 2, "cpus_per_worker": 1, "eval_batch_size": 128,
+                  "storage_path": str(tmp_path / "runs"), "output_dir": str(tmp_path / "models" / "train")},
+        "tune": {"study": "tiny", "num_samples": 3, "results_dir": str(tmp_path / "results"),
+                 "models_dir": str(tmp_path / "models"),
+                 "search_space": {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 3e-3},
+                                  "epochs": {"type": "int", "low": 1, "high": 3}}},
+        "eval": {"batch_size": 64},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

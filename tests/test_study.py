@@ -1,0 +1,83 @@
+"""A whole tiny study in-process: Tune + OptunaSearch + ASHA over Ray Train trials, then evaluation."""
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from arxivcls.config import load_config
+from arxivcls.data import Prepared, prepare
+from arxivcls.evaluate import evaluate_study
+from arxivcls.tuning import run_study
+from conftest import tiny_study_yaml
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study(ray_local, tmp_path_factory, papers_file, tiny_bert):
+    tmp_path = tmp_path_factory.mktemp("study")
+    # 4 trials of one 1-CPU worker each on 2 CPUs: the shape that deadlocked before.
+    config = load_config(str(tiny_study_yaml(tmp_path, papers_file, tiny_bert)), ["tune.num_samples=4"])
+    prepared = prepare(config.data, log=lambda *_: None)
+    test_file = prepared.split_path("test")
+    hidden = test_file.with_name("hidden-test.parquet")
+    shutil.move(test_file, hidden)  # nothing may read the test split during the study...
+    reads = []
+    original = Prepared.load_split
+    Prepared.load_split = lambda self, name: reads.append(name) or original(self, name)
+    logs = []
+    try:
+        results = run_study(config, evaluate=False, log=logs.append)
+    finally:
+        Prepared.load_split = original
+        shutil.move(hidden, test_file)
+    return {"config": config, "results": results, "reads": reads, "logs": logs, "tmp": tmp_path}
+
+
+def test_study_runs_trials_concurrently_and_starts_with_the_default(study):
+    info = json.loads((study["results"] / "study.json").read_text())
+    trials = pd.read_csv(study["results"] / "trials.csv")
+    assert info["concurrency"] == 2 and info["trial_resources"] == {"CPU": 1.0}
+    assert len(trials) == 4 and trials.is_default.tolist() == [True, False, False, False]
+    first = trials.iloc[0]
+    assert first.p_learning_rate == pytest.approx(1e-3) and first.p_epochs == 2  # the config's train values
+    assert set(trials.status) <= {"completed", "stopped_by_asha", "stopped_by_patience"}
+    assert (trials.epochs_run >= 1).all() and trials.best_metric.notna().all()
+    assert info["best_trial"]["val_macro_f1"] == pytest.approx(trials.best_metric.max())
+    assert info["trial_epochs"] == trials.epochs_run.sum()
+
+
+def test_data_tokenized_once_and_test_split_untouched(study):
+    info = json.loads((study["results"] / "study.json").read_text())
+    assert info["tokenization"] == {"tokenized": 2, "cache_hits": 0}  # train + val, once for 4 trials
+    assert study["reads"] == ["train", "val"]  # tokenization read train and val; nobody read test
+
+
+def test_checkpoints_retained_and_best_model_exported(study):
+    from transformers import AutoModelForSequenceClassification
+
+    trials = pd.read_csv(study["results"] / "trials.csv")
+    keep = study["config"].train.checkpoint_keep
+    for trial_id in trials.trial_id:
+        checkpoints = list((study["tmp"] / "runs").glob(f"train-{trial_id}/checkpoint_*"))
+        assert 1 <= len(checkpoints) <= keep + 1  # best `keep` + the latest (needed to resume)
+    info = json.loads((study["results"] / "study.json").read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(info["models"]["tuned"])
+    assert len(model.config.id2label) == info["data"]["categories"]
+
+
+def test_evaluation_writes_the_full_results_and_is_reproducible(study, ray_local):
+    results = study["results"]
+    evaluate_study(results, log=lambda *_: None)
+    expected = {"study.json", "trials.csv", "history.csv", "comparison.csv", "categories.csv", "size_bins.csv",
+                "confusion_pairs.csv", "predictions.parquet", "report.md", "evaluation.json"}
+    assert expected <= {p.name for p in results.iterdir()}
+    assert any(p.suffix == ".png" for p in results.iterdir())
+    comparison = pd.read_csv(results / "comparison.csv", index_col=0)
+    assert {"default", "tuned", "tuned+logit_adj", "baseline"} <= set(comparison.index)
+    assert {"accuracy", "macro_f1", "weighted_f1", "top3_accuracy", "ece", "mean_confidence"} <= set(comparison.columns)
+    predictions = pd.read_parquet(results / "predictions.parquet")
+    assert len(predictions) == json.loads((results / "study.json").read_text())["data"]["split_sizes"]["test"]
+    evaluate_study(results, log=lambda *_: None)  # `arxivcls evaluate` again: the same table
+    pd.testing.assert_frame_equal(comparison, pd.read_csv(results / "comparison.csv", index_col=0))

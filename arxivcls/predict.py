@@ -1,5 +1,4 @@
 """`arxivcls predict`: top-k categories for one paper (--title/--abstract) or a file of papers (--input)."""
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,6 @@ def read_papers(path: str) -> pd.DataFrame:
 def predict_cli(args) -> None:
     from arxivcls.categories import category_name
     from arxivcls.evaluate import predict_in_process
-    from arxivcls.models import load_tokenizer  # noqa: F401  (fail early on a broken model dir)
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
@@ -40,12 +38,14 @@ def predict_cli(args) -> None:
         raise UserError("--top-k must be >= 1")
     if bool(args.input) == bool(args.title):
         raise UserError("give either --title (with --abstract) or --input FILE")
-    config = json.loads((model_dir / "config.json").read_text())
-    id2label = {int(i): c for i, c in config.get("id2label", {}).items()}
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    id2label = {int(i): c for i, c in config.id2label.items()}
     papers = read_papers(args.input) if args.input else pd.DataFrame({"id": ["paper"], "text": [f"{args.title} {args.abstract}".strip()]})
     if papers.empty:
         raise UserError(f"{args.input} holds no papers")
-    max_length = min(512, config.get("max_position_embeddings", 512))
+    max_length = min(512, getattr(config, "max_position_embeddings", 512))
     ranked = top_k(predict_in_process(str(model_dir), papers.text.tolist(), max_length), id2label, args.top_k)
 
     if args.output:

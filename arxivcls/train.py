@@ -236,6 +236,16 @@ def connect_ray(address: str | None = None, log=print) -> None:
         if dashboard else "ray: connected (no dashboard)")
 
 
+def preflight(config: Config) -> None:
+    """Fail on a bad model name or data path before starting Ray (seconds, not a minute)."""
+    from arxivcls.errors import UserError
+    from arxivcls.models import resolve_model
+
+    resolve_model(config.model.name)
+    if not Path(config.data.path).is_file():
+        raise UserError(f"data file not found: {config.data.path}")
+
+
 def prepare_inputs(config: Config, log=print) -> dict:
     """Prepare + tokenize once; put the token ids in the object store for every worker of every trial."""
     import ray
@@ -311,6 +321,7 @@ def best_checkpoint(result, metric: str, mode: str):
 
 
 def run_training(config: Config, address: str | None = None, log=print) -> dict:
+    preflight(config)
     connect_ray(address, log=log)
     inputs = prepare_inputs(config, log=log)
     train = dataclasses.replace(config.train, metric=config.tune.metric, mode=config.tune.mode)

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -188,7 +189,7 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from arxivcls.train import connect_ray, prepare_inputs
+    from arxivcls.train import connect_ray, preflight, prepare_inputs
 
     paths = study_paths(config)
     exists = _experiment_exists(paths["experiment"])
@@ -198,6 +199,7 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
         raise UserError(f"study '{config.tune.study}' already exists at {paths['experiment']}: "
                         f"add --resume to continue it, or --set tune.study=NEW_NAME")
     _check_writable(paths["results"].parent)
+    preflight(config)
 
     started = time.time()
     connect_ray(address, log=log)
@@ -291,12 +293,13 @@ def _plain(value):
 
 
 def _check_writable(directory: Path) -> None:
+    """A real write probe (os.access says yes to root even on a read-only mount)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        pass
-    if not directory.is_dir() or not os.access(directory, os.W_OK):
-        raise UserError(f"results directory {directory} is not writable")
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise UserError(f"results directory {directory} is not writable: {e.strerror or e}")
 
 
 def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:

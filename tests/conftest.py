@@ -90,3 +90,9 @@ def tiny_study_yaml(tmp_path: Path, papers_file: Path, tiny_bert: Path, **sectio
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import reliability
+
+    reliability.write_table()

@@ -1,4 +1,5 @@
 """Collects what the reliability tests tried and saw; conftest writes results/reliability.md from it."""
+import re
 from pathlib import Path
 
 from arxivcls.files import atomic_write_text
@@ -9,6 +10,7 @@ records: dict[tuple[str, str], tuple[str, str]] = {}
 
 
 def record(kind: str, case: str, happened: str, nothing_lost: str = "yes") -> None:
+    happened = re.sub(r"/tmp/pytest-of-[^\s:`']*", "<tmp>", happened)  # stable across runs
     records[(kind, case)] = (happened.replace("|", "\\|").replace("\n", " "), nothing_lost)
 
 

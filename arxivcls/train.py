@@ -104,6 +104,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.set_num_threads(max(1, train.cpus_per_worker))
     device = pick_device(train, world_size)
     amp_dtype = autocast_dtype(train, device)
+    print(f"worker {rank}/{world_size} on node {ray.get_runtime_context().get_node_id()} device {device}", flush=True)
 
     data = ray.get(loop_config["data_ref"])
     train_split, val_split = data["train"], data["val"]
@@ -312,6 +313,19 @@ def export_model(checkpoint_path: str, output_dir: str) -> str:
     return str(output)
 
 
+def prune_checkpoints(result, keep: int, metric: str, mode: str) -> None:
+    """After a finished run, drop the "latest" checkpoint Ray kept for resuming if it is not among the best."""
+    import pyarrow.fs
+
+    scored = [(m[metric], c) for c, m in (result.best_checkpoints or []) if metric in m]
+    scored.sort(key=lambda s: s[0], reverse=mode == "max")
+    for _, checkpoint in scored[keep:]:
+        try:
+            checkpoint.filesystem.delete_dir(checkpoint.path)
+        except (OSError, pyarrow.lib.ArrowException):
+            pass
+
+
 def best_checkpoint(result, metric: str, mode: str):
     scored = [(m[metric], c) for c, m in (result.best_checkpoints or []) if metric in m]
     if not scored:
@@ -329,6 +343,7 @@ def run_training(config: Config, address: str | None = None, log=print) -> dict:
         f"({inputs['prepared'].num_labels} categories), validating on {len(inputs['splits']['val'])}")
     started = time.time()
     result = build_trainer(train, inputs["loop_base"], name=f"train-{config.tune.study}-{time.strftime('%Y%m%d-%H%M%S')}").fit()
+    prune_checkpoints(result, train.checkpoint_keep, train.metric, train.mode)
     checkpoint, value = best_checkpoint(result, train.metric, train.mode)
     if checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint: {result.error}")

@@ -155,12 +155,13 @@ def trial_driver(config: dict, base: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from arxivcls.train import build_trainer
+    from arxivcls.train import build_trainer, prune_checkpoints
 
     train = TrainConfig(**{**base["train"], **config})
     trial_id = ray.tune.get_context().get_trial_id()
     # A stable name: a retried trial (Tune FailureConfig) finds its Train run and resumes it.
-    build_trainer(train, base["loop_base"], name=f"train-{trial_id}", callbacks=[TuneReportCallback()]).fit()
+    result = build_trainer(train, base["loop_base"], name=f"train-{trial_id}", callbacks=[TuneReportCallback()]).fit()
+    prune_checkpoints(result, train.checkpoint_keep, train.metric, train.mode)
 
 
 # ---------------------------------------------------------------- the study

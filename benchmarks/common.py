@@ -16,7 +16,7 @@ os.environ.setdefault("ARXIVCLS_NO_MPS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "arxiv_papers.parquet"
-RESULTS = REPO / "results" / "benchmarks"
+RESULTS = Path(os.environ.get("ARXIVCLS_BENCH_RESULTS", REPO / "results" / "benchmarks"))  # env: smoke tests elsewhere
 
 
 # ---------------------------------------------------------------- machine and command

@@ -1,0 +1,236 @@
+"""Training throughput: the original Hugging Face recipe vs the best of HF alone vs arxivcls's Ray Train loop.
+
+Same model, same seeded sample of real papers (text = title + " " + summary), truncation at
+max_length for all, batch 8, learning rate 5e-5 with a linear decay over the run, the same
+initial weights (seeded head). Each variant trains `--warmup` steps that are not timed, then the
+next `--steps` optimizer steps of its own first epoch are timed (a whole epoch of 2,000 papers at
+width 512 would take ~20 minutes for variant (a) alone on a 2-core CPU).
+
+  (a) HF Trainer, padding="max_length" (every batch is 8 x 512), random order  -- the original recipe
+  (b) HF Trainer, DataCollatorWithPadding + train_sampling_strategy="group_by_length"  -- best of HF alone
+  (c) arxivcls: build_trainer -> Ray Train worker loop, TokenizedSplit in the object store,
+      length-grouped batches padded to their longest row; train.max_steps_per_epoch = warmup + steps
+
+Step times come from a TrainerCallback (a, b) and from timestamps of the loop's own batch
+collation (c, see benchmarks.common.instrument; the loop itself is unchanged). Padding efficiency
+= real tokens / computed tokens (sum of attention mask / batch x width) over the timed batches.
+"""
+import argparse
+import dataclasses
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import Report, instrument, label_ids, local_ray, md_table, met, read_records, sample_papers
+
+NAME = "train_throughput"
+
+
+def hf_run(label, model_dir, id2label, features, tokenizer, *, padded, grouped, args, workdir):
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+    from arxivcls.models import load_classifier
+
+    torch.manual_seed(args.seed)  # the same head initialisation as the Ray Train worker (manual_seed, then load)
+    model = load_classifier(args.model_dir, id2label)
+    records, step_end = [], []
+
+    def forward_hook(module, f_args, f_kwargs, output):
+        mask = f_kwargs["attention_mask"]
+        records.append({"real": int(mask.sum()), "B": int(mask.shape[0]), "W": int(mask.shape[1]),
+                        "loss": float(output.loss.detach())})
+
+    model.register_forward_hook(forward_hook, with_kwargs=True)
+
+    class StepTimer(TrainerCallback):
+        def on_step_end(self, *_, **__):
+            step_end.append(time.perf_counter())
+
+    cuda = torch.cuda.is_available()
+    training_args = TrainingArguments(
+        output_dir=str(workdir / label), per_device_train_batch_size=args.batch_size,
+        max_steps=args.warmup + args.steps, learning_rate=args.lr, weight_decay=0.01, warmup_steps=0,
+        lr_scheduler_type="linear", max_grad_norm=1.0, seed=args.seed, data_seed=args.seed,
+        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
+        dataloader_num_workers=0, use_cpu=not cuda, bf16=cuda,
+        train_sampling_strategy="group_by_length" if grouped else "random",
+    )
+    collator = default_data_collator if padded else DataCollatorWithPadding(tokenizer)
+    trainer = Trainer(model=model, args=training_args, train_dataset=features, data_collator=collator,
+                      callbacks=[StepTimer()])
+    started = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - started
+    timed = records[args.warmup:args.warmup + args.steps]
+    seconds = step_end[args.warmup + args.steps - 1] - step_end[args.warmup - 1]
+    return summarize(label, timed, seconds, total_seconds=total)
+
+
+def arxivcls_run(label, model_dir, id2label, token_lists, labels, *, args, workdir):
+    import ray
+    import torch
+
+    from arxivcls.config import TrainConfig
+    from arxivcls.features import TokenizedSplit
+    from arxivcls.train import build_trainer
+
+    with local_ray(num_cpus=args.cpus) as cluster:
+        split = TokenizedSplit.from_lists(token_lists, labels)
+        val = TokenizedSplit.from_lists(token_lists[:16], labels[:16])  # tiny: validation is not timed
+        loop_base = {"model_dir": model_dir, "id2label": id2label, "data_ref": ray.put({"train": split, "val": val})}
+        train = TrainConfig(learning_rate=args.lr, batch_size=args.batch_size, epochs=1, weight_decay=0.01,
+                            warmup_ratio=0.0, max_steps_per_epoch=args.warmup + args.steps, seed=args.seed,
+                            cpus_per_worker=args.cpus, gpus_per_worker=1.0 if torch.cuda.is_available() else 0.0,
+                            eval_batch_size=16, storage_path=str(workdir / "runs"), max_failures=0)
+        trainer = instrument(build_trainer(train, loop_base, name=f"bench-{label}"), str(workdir / "records"))
+        started = time.perf_counter()
+        result = trainer.fit()
+        total = time.perf_counter() - started
+        if result.error:
+            raise RuntimeError(f"variant {label} failed: {result.error}")
+        record = read_records(workdir / "records")[-1]
+    steps = args.warmup + args.steps
+    collates = record["collate"]  # training batches first, then validation batches
+    timed = [{"real": c[1], "B": c[2], "W": c[3], "loss": loss}
+             for c, loss in zip(collates[args.warmup:steps], record["loss"][args.warmup:steps])]
+    seconds = collates[steps][0] - collates[args.warmup][0]  # start of step warmup+1 .. start of validation
+    row = summarize(label, timed, seconds, total_seconds=total)
+    row["reported train_papers_per_s"] = float(result.metrics["train_papers_per_s"])
+    row["ray init s"] = cluster["init_seconds"]
+    return row
+
+
+def summarize(label, timed, seconds, total_seconds):
+    papers = sum(r["B"] for r in timed)
+    real = sum(r["real"] for r in timed)
+    computed = sum(r["B"] * r["W"] for r in timed)
+    losses = [r["loss"] for r in timed]
+    k = max(1, min(5, len(losses) // 4))
+    return {
+        "variant": label, "timed steps": len(timed), "timed s": seconds, "papers/s": papers / seconds,
+        "real tokens/s": real / seconds, "real tokens/paper": real / papers, "mean width": computed / papers,
+        "padding efficiency": real / computed,
+        "loss first 5": float(np.mean(losses[:k])), "loss last 5": float(np.mean(losses[-k:])),
+        "run s (incl. warm-up, setup)": total_seconds,
+    }
+
+
+def epoch_padding(lengths: np.ndarray, batch_size: int, seed: int) -> dict:
+    """Padding efficiency over one whole epoch's batch plan (not only the timed steps)."""
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from arxivcls.features import length_grouped_batches
+
+    def efficiency(batches):
+        return sum(lengths[b].sum() for b in batches) / sum(len(b) * lengths[b].max() for b in batches)
+
+    plan_c = length_grouped_batches(lengths, batch_size, seed, 0)
+    order = get_length_grouped_indices(lengths.tolist(), batch_size, generator=torch.Generator().manual_seed(seed))
+    plan_b = [np.array(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+    return {"b": efficiency(plan_b), "c": efficiency(plan_c), "a": lengths.sum() / (len(lengths) * 512)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="minilm", help="minilm (offline) | scibert | a local model directory")
+    parser.add_argument("--papers", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=48, help="timed optimizer steps per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs for the Ray cluster / the Ray Train worker")
+    parser.add_argument("--variants", default="a,b,c")
+    args = parser.parse_args(argv)
+
+    import torch
+    from datasets import Dataset
+
+    from arxivcls.features import tokenize_texts
+    from arxivcls.models import load_tokenizer, resolve_model
+
+    torch.set_num_threads(args.cpus)
+    args.model_dir = resolve_model(args.model)
+    report = Report(NAME, "Training throughput: HF Trainer recipes vs arxivcls's Ray Train loop")
+    papers = sample_papers(args.papers, args.seed)
+    labels, id2label = label_ids(papers.category)
+    tokenizer = load_tokenizer(args.model_dir)
+    texts = papers.text.tolist()
+
+    started = time.perf_counter()
+    token_lists = tokenize_texts(tokenizer, texts, args.max_length)
+    tokenize_s = time.perf_counter() - started
+    lengths = np.array([len(t) for t in token_lists])
+    started = time.perf_counter()
+    padded = tokenizer(texts, truncation=True, max_length=args.max_length, padding="max_length")
+    tokenize_padded_s = time.perf_counter() - started
+    features_padded = Dataset.from_dict({**{k: v for k, v in padded.items()}, "labels": labels})
+    features_dynamic = Dataset.from_dict({"input_ids": token_lists, "labels": labels})
+
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        workdir = Path(tmp)
+        for variant in args.variants.split(","):
+            print(f"--- variant {variant}", flush=True)
+            if variant == "a":
+                rows["a"] = hf_run("(a) HF Trainer, pad to 512", args.model_dir, id2label, features_padded, tokenizer,
+                                   padded=True, grouped=False, args=args, workdir=workdir)
+            elif variant == "b":
+                rows["b"] = hf_run("(b) HF Trainer, dynamic padding + group_by_length", args.model_dir, id2label,
+                                   features_dynamic, tokenizer, padded=False, grouped=True, args=args, workdir=workdir)
+            elif variant == "c":
+                rows["c"] = arxivcls_run("(c) arxivcls Ray Train loop", args.model_dir, id2label, token_lists, labels,
+                                         args=args, workdir=workdir)
+            print(rows[variant], flush=True)
+
+    plan = epoch_padding(lengths, args.batch_size, args.seed)
+    for key, row in rows.items():
+        row["epoch-plan padding eff."] = plan[key]
+
+    report.add(f"Model `{args.model}` ({args.model_dir}), {len(papers)} real papers (seed {args.seed}, "
+               f"{len(id2label)} categories), max_length {args.max_length} (truncation), batch {args.batch_size}, "
+               f"lr {args.lr:g} linear decay, {args.warmup} untimed warm-up steps then {args.steps} timed optimizer "
+               f"steps of each variant's first epoch; {args.cpus} CPU threads per variant; variants run back to back "
+               f"in this one process ({args.variants}).\n")
+    report.add(f"Papers in the sample: {lengths.mean():.0f} tokens on average (median {np.median(lengths):.0f}, "
+               f"{(lengths >= args.max_length).mean():.1%} truncated at {args.max_length}). "
+               f"Tokenizing them once: {tokenize_s:.1f} s unpadded, {tokenize_padded_s:.1f} s padded to max_length "
+               f"(not part of the timed steps).\n")
+    columns = ["variant", "timed steps", "timed s", "papers/s", "real tokens/s", "real tokens/paper", "mean width",
+               "padding efficiency", "epoch-plan padding eff.", "loss first 5", "loss last 5",
+               "run s (incl. warm-up, setup)", "reported train_papers_per_s", "ray init s"]
+    report.add("## Results\n")
+    report.add(md_table(list(rows.values()), columns))
+    report.add("`real tokens/paper` is the mean length of the papers in the timed batches (each variant sees "
+               "its own epoch order); `epoch-plan padding eff.` is the padding efficiency of the whole first "
+               "epoch's batch plan of that variant. `reported train_papers_per_s` is what the loop itself "
+               "reports for its epoch (warm-up steps included). Loss: mean training loss of the first and last "
+               "5 timed steps.\n")
+
+    if {"a", "b", "c"} <= set(rows):
+        a, b, c = rows["a"], rows["b"], rows["c"]
+        speed_a = c["papers/s"] / a["papers/s"]
+        speed_b = c["papers/s"] / b["papers/s"]
+        token_b = c["real tokens/s"] / b["real tokens/s"]
+        report.add("## Targets (CPU)\n")
+        report.add(md_table([
+            {"target": "(c) >= 3x papers/s of (a)", "measured": f"{speed_a:.2f}x", "status": met(speed_a >= 3)},
+            {"target": "(c) no slower than (b)", "measured": f"{speed_b:.2f}x papers/s, {token_b:.2f}x real tokens/s",
+             "status": met(speed_b >= 0.97)},
+            {"target": "(c) padding efficiency >= 95%", "measured": f"{c['padding efficiency']:.1%} timed, "
+             f"{c['epoch-plan padding eff.']:.1%} whole epoch", "status": met(c["padding efficiency"] >= 0.95)},
+        ], ["target", "measured", "status"]))
+        report.add("'No slower' allows 3% for run-to-run noise on this shared machine. "
+                   f"(b) / (a) = {b['papers/s'] / a['papers/s']:.2f}x.\n")
+    report.write()
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -109,7 +109,7 @@ class Report:
             f"- date: {m['date']}; benchmark wall time {time.time() - self.started:.0f} s",
             f"- load average (1/5/15 min) at start {self.load_start}, at end {loadavg()}; "
             f"another study or test run was {'RUNNING' if self.busy_start else 'not running'} at start",
-            "",
+            "", "",
         ]
         return "\n".join(lines)
 

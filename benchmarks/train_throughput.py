@@ -86,7 +86,7 @@ def arxivcls_run(label, model_dir, id2label, token_lists, labels, *, args, workd
                             warmup_ratio=0.0, max_steps_per_epoch=args.warmup + args.steps, seed=args.seed,
                             cpus_per_worker=args.cpus, gpus_per_worker=1.0 if torch.cuda.is_available() else 0.0,
                             eval_batch_size=16, storage_path=str(workdir / "runs"), max_failures=0)
-        trainer = instrument(build_trainer(train, loop_base, name=f"bench-{label}"), str(workdir / "records"))
+        trainer = instrument(build_trainer(train, loop_base, name="bench-train-throughput"), str(workdir / "records"))
         started = time.perf_counter()
         result = trainer.fit()
         total = time.perf_counter() - started
@@ -119,7 +119,7 @@ def summarize(label, timed, seconds, total_seconds):
     }
 
 
-def epoch_padding(lengths: np.ndarray, batch_size: int, seed: int) -> dict:
+def epoch_padding(lengths: np.ndarray, batch_size: int, seed: int, max_length: int) -> dict:
     """Padding efficiency over one whole epoch's batch plan (not only the timed steps)."""
     import torch
     from transformers.trainer_pt_utils import get_length_grouped_indices
@@ -132,7 +132,7 @@ def epoch_padding(lengths: np.ndarray, batch_size: int, seed: int) -> dict:
     plan_c = length_grouped_batches(lengths, batch_size, seed, 0)
     order = get_length_grouped_indices(lengths.tolist(), batch_size, generator=torch.Generator().manual_seed(seed))
     plan_b = [np.array(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
-    return {"b": efficiency(plan_b), "c": efficiency(plan_c), "a": lengths.sum() / (len(lengths) * 512)}
+    return {"b": efficiency(plan_b), "c": efficiency(plan_c), "a": lengths.sum() / (len(lengths) * max_length)}
 
 
 def main(argv=None):
@@ -189,7 +189,7 @@ def main(argv=None):
                                          args=args, workdir=workdir)
             print(rows[variant], flush=True)
 
-    plan = epoch_padding(lengths, args.batch_size, args.seed)
+    plan = epoch_padding(lengths, args.batch_size, args.seed, args.max_length)
     for key, row in rows.items():
         row["epoch-plan padding eff."] = plan[key]
 

@@ -88,7 +88,7 @@ def test_train_worker_killed_mid_trial_resumes_from_checkpoint(tmp_path, papers_
     seen = []
     process = start_cli("tune", str(config), cwd=tmp_path)
     try:
-        pid = int(read_until(process, r"RayTrainWorker pid=(\d+)\).*epoch 1/4", 600, seen).group(1))
+        pid = int(read_until(process, r"RayTrainWorker pid=(\d+)[^)]*\).*epoch 1/4", 600, seen).group(1))
         os.kill(pid, signal.SIGKILL)  # the worker dies after epoch 1's checkpoint, during epoch 2
         output = finish(process, 900, seen)
     except BaseException:

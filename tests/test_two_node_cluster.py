@@ -356,3 +356,62 @@ def test_tiny_study_submitted_as_a_job_uses_both_nodes(two_node_cluster, tmp_pat
 
     reliability.record("cluster", "tiny study submitted with `ray job submit` to a local two-node cluster",
                        "2 trials ran concurrently, one Train worker on each node; checkpoints in the shared storage; job SUCCEEDED")
+
+
+def _node_pids(state_dir: Path, node: str) -> list[int]:
+    """Processes of one node of this cluster: their command lines name the node's own temp dir."""
+    marker = f"{state_dir}/{node}/".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_worker_node_lost_mid_study_and_the_study_completes(two_node_cluster, tmp_path, papers_file, tiny_bert):
+    """Runs last in this module: it stops node2 for good while one of the trials trains there."""
+    from conftest import tiny_study_yaml
+
+    shared = two_node_cluster.state_dir / "study-nodeloss"
+    shared.mkdir()
+    config = tiny_study_yaml(shared, papers_file, tiny_bert,
+                             train={"cpus_per_worker": 1, "epochs": 5, "max_failures": 3},
+                             tune={"num_samples": 2, "study": "nodeloss", "max_failures": 2,
+                                   "search_space": {"learning_rate": {"type": "loguniform", "low": 5e-4, "high": 2e-3}}},
+                             eval={"baseline": False, "logit_adjust": False})
+    jobdir = tmp_path / "job"
+    jobdir.mkdir()
+    node2 = next(n["NodeID"] for n in two_node_cluster.nodes() if n["Alive"] and "node2" in n["Resources"])
+    job_id = two_node_cluster.submit(["arxivcls", "tune", str(config)], jobdir, submission_id="two-node-loss")
+    deadline = time.time() + 600
+    while time.time() < deadline:  # wait until the worker on node2 has finished an epoch
+        logs = two_node_cluster.api(f"/api/jobs/{job_id}/logs").get("logs", "")
+        match = re.search(rf"RayTrainWorker pid=(\d+)[^)]*\)\S* worker 0/1 on node {node2}", logs)
+        if match and re.search(rf"RayTrainWorker pid={match.group(1)}[^)]*\)\S* epoch 1/5", logs):
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("no trial trained on node2 in time:\n" + logs[-3000:])
+    for pid in _node_pids(two_node_cluster.state_dir, "node2"):
+        try:
+            os.kill(pid, signal.SIGKILL)  # node2 is gone: raylet, object store, its workers
+        except ProcessLookupError:
+            pass
+
+    status, logs = two_node_cluster.wait(job_id, timeout=900)
+    assert status == "SUCCEEDED", logs[-4000:]
+    import pandas as pd
+
+    trials = pd.read_csv(shared / "results" / "nodeloss" / "trials.csv")
+    assert len(trials) == 2 and trials.best_metric.notna().all()
+    assert set(trials.status) <= {"completed", "stopped_by_asha", "stopped_by_patience"}
+    assert (trials.epochs_run == 5).any()
+    import reliability
+
+    reliability.record("fault", "worker node of a two-node cluster killed mid-study (raylet + workers, SIGKILL)",
+                       f"the trial on it was restarted on the surviving node per FailureConfig; study SUCCEEDED, trials: "
+                       + ", ".join(f"{s} {n}" for s, n in trials.status.value_counts().items()))

@@ -237,14 +237,16 @@ def connect_ray(address: str | None = None, log=print) -> None:
         if dashboard else "ray: connected (no dashboard)")
 
 
-def preflight(config: Config) -> None:
-    """Fail on a bad model name or data path before starting Ray (seconds, not a minute)."""
+def preflight(config: Config) -> str:
+    """Fail on a bad model name or data path before starting Ray (seconds, not a minute).
+    Returns the model's local directory."""
     from arxivcls.errors import UserError
     from arxivcls.models import resolve_model
 
-    resolve_model(config.model.name)
+    model_dir = resolve_model(config.model.name)
     if not Path(config.data.path).is_file():
         raise UserError(f"data file not found: {config.data.path}")
+    return model_dir
 
 
 def prepare_inputs(config: Config, log=print) -> dict:

@@ -200,7 +200,9 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
         raise UserError(f"study '{config.tune.study}' already exists at {paths['experiment']}: "
                         f"add --resume to continue it, or --set tune.study=NEW_NAME")
     _check_writable(paths["results"].parent)
-    preflight(config)
+    model_dir = preflight(config)
+    checkpoints = config.tune.num_samples * (config.train.checkpoint_keep + 1) * checkpoint_bytes(model_dir)
+    disk = check_disk(paths["storage"], checkpoints, config.tune.min_free_disk_gb)
 
     started = time.time()
     connect_ray(address, log=log)
@@ -209,8 +211,6 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
                                 storage_path=paths["storage"])
     available = ray.available_resources()
     concurrency = plan_concurrency(available, train, config.tune.num_samples, config.tune.max_concurrent)
-    disk = check_disk(paths["storage"], config.tune.num_samples * (train.checkpoint_keep + 1) * checkpoint_bytes(inputs["model_dir"]),
-                      config.tune.min_free_disk_gb)
     log(f"study '{config.tune.study}': {config.tune.num_samples} trials, {concurrency} at a time "
         f"(each {trial_resources(train)}; free {({k: available[k] for k in ('CPU', 'GPU') if k in available})}), "
         f"objective {config.tune.metric} ({config.tune.mode})")

@@ -99,6 +99,7 @@ TUNE_CASES = {
     "--resume with no study": ({}, ["--resume"], "no study to resume"),
     "results directory not writable": ({"tune": {"results_dir": "/proc/arxivcls-results"}}, [], "is not writable"),
     "data file missing": ({}, ["--data", "missing.parquet"], "data file not found"),
+    "storage with less free space than the study needs": ({"tune": {"min_free_disk_gb": 1e9}}, [], "GB free but the study may need"),
 }
 
 

@@ -70,3 +70,30 @@ def load_classifier(model_dir: str, id2label: dict | None = None):
             model_dir, use_safetensors=True, trust_remote_code=False, **kwargs)
     finally:
         transformers.logging.set_verbosity(verbosity)
+
+
+def make_tiny_bert(directory, texts: list[str], num_labels: int = 2):
+    """A 2-layer, 32-wide random BERT with a WordPiece tokenizer trained on `texts`.
+
+    Same BertForSequenceClassification code path as SciBERT, in seconds and with no network:
+    for tests, smoke runs and benchmarks that measure the machinery rather than the model.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
+        vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    config = BertConfig(vocab_size=fast.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, num_labels=num_labels)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    BertForSequenceClassification(config).save_pretrained(directory, safe_serialization=True)
+    fast.save_pretrained(directory)
+    return directory

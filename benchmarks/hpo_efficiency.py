@@ -1,0 +1,212 @@
+"""HPO efficiency: plain sequential Optuna (every trial to the full epoch budget) vs arxivcls's study.
+
+Same search space, trial count, seeds and data subset (real papers of a few categories, tiny random
+BERT whose WordPiece vocabulary is trained on those papers, max_length 128):
+
+  (a) plain Optuna: TPESampler(seed), the default point enqueued first, `n` trials one after another;
+      each trial is one Ray Train run of arxivcls's training code (build_trainer().fit()) for the
+      full epoch budget (patience off), using both CPUs; objective = best val_macro_f1 over its epochs
+  (b) arxivcls.tuning.run_study(config, evaluate=False): OptunaSearch (same TPE seed, the default
+      point first) + ASHA (grace 1, reduction factor 2, max_t = the epoch budget), patience 2 (the
+      package default), trials of 1 CPU each, as many at a time as fit (2 here)
+
+Both read the same tokenized data (prepared and tokenized once before either runs). Each seed runs
+(a) and (b) back to back in one process; the order alternates between seeds (a b, then b a).
+"""
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.common import DATA, Report, local_ray, make_tiny_bert, md_table, met
+
+NAME = "hpo_efficiency"
+CATEGORIES = ["cs.CV", "cs.CL", "math.AP", "quant-ph", "cs.RO", "stat.ML", "cs.CR", "astro-ph.GA"]
+SPACE = {  # a tiny randomly initialised BERT needs far larger learning rates than a pretrained one
+    "learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+    "batch_size": {"type": "choice", "values": [16, 32, 64]},
+    "weight_decay": {"type": "loguniform", "low": 1e-3, "high": 1e-1},
+    "warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.1},
+    "loss": {"type": "choice", "values": ["ce", "weighted_ce"]},
+    "label_smoothing": {"type": "uniform", "low": 0.0, "high": 0.1},
+}
+
+
+@contextmanager
+def chdir(path: Path):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def make_data(workdir: Path, per_class: int, seed: int) -> tuple[Path, Path]:
+    df = pd.read_parquet(DATA, columns=["id", "title", "summary", "category_code", "categories", "source"])
+    df = df[df.category_code.isin(CATEGORIES)].groupby("category_code").sample(per_class, random_state=seed)
+    path = workdir / "papers.parquet"
+    df.reset_index(drop=True).to_parquet(path, index=False)
+    tiny = make_tiny_bert(workdir / "tiny_bert", (df.title + " " + df.summary).tolist())
+    return path, tiny
+
+
+def base_config(papers: Path, tiny: Path, workdir: Path, args, seed: int):
+    from arxivcls.config import Config, DataConfig, ModelConfig, TrainConfig, TuneConfig, validate
+
+    config = Config(
+        data=DataConfig(path=str(papers), max_length=args.max_length, cache_dir=str(workdir / "cache"), seed=42),
+        model=ModelConfig(name=str(tiny)),
+        train=TrainConfig(learning_rate=2e-3, batch_size=32, epochs=args.epochs, weight_decay=0.01, warmup_ratio=0.05,
+                          eval_batch_size=256, cpus_per_worker=1, seed=seed, storage_path=str(workdir / "runs"),
+                          max_failures=0),
+        tune=TuneConfig(study=f"hpo-seed{seed}", num_samples=args.trials, metric="val_macro_f1", mode="max",
+                        search_space=dict(SPACE), grace_period=1, reduction_factor=2, seed=seed,
+                        results_dir=str(workdir / "results"), max_failures=0),
+    )
+    validate(config)
+    return config
+
+
+def suggest(trial, space: dict) -> dict:
+    params = {}
+    for name, spec in space.items():
+        if spec["type"] == "loguniform":
+            params[name] = trial.suggest_float(name, spec["low"], spec["high"], log=True)
+        elif spec["type"] == "uniform":
+            params[name] = trial.suggest_float(name, spec["low"], spec["high"])
+        elif spec["type"] == "int":
+            params[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]))
+        else:
+            params[name] = trial.suggest_categorical(name, list(spec["values"]))
+    return params
+
+
+def plain_optuna(config, inputs, seed: int, cpus: int) -> dict:
+    """The original approach: sequential Optuna trials, each trained for the full epoch budget."""
+    import optuna
+
+    from arxivcls.train import build_trainer
+    from arxivcls.tuning import default_point
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = config.tune.search_space
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, config.tune.num_samples)))
+    study.enqueue_trial(default_point(space, config.train))
+    epochs_run, accuracy = [], {}
+
+    def objective(trial):
+        params = suggest(trial, space)
+        train = dataclasses.replace(config.train, **params, metric="val_macro_f1", mode="max", patience=config.train.epochs,
+                                    cpus_per_worker=cpus)
+        result = build_trainer(train, inputs["loop_base"], name=f"plain-seed{seed}-{trial.number}").fit()
+        if result.error:
+            raise RuntimeError(result.error)
+        history = result.metrics_dataframe
+        epochs_run.append(int(history.epoch.max()))
+        best = history.loc[history.val_macro_f1.idxmax()]
+        accuracy[trial.number] = float(best.val_accuracy)
+        return float(best.val_macro_f1)
+
+    started = time.perf_counter()
+    study.optimize(objective, n_trials=config.tune.num_samples)
+    wall = time.perf_counter() - started
+    return {"approach": "(a) plain Optuna, full budget", "trials": len(study.trials), "trial-epochs": sum(epochs_run),
+            "wall s": wall, "best val_macro_f1": study.best_value,
+            "best trial val_accuracy": accuracy[study.best_trial.number],
+            "stopped early": 0}
+
+
+def arxivcls_study(config, workdir: Path) -> dict:
+    import json
+
+    from arxivcls.tuning import run_study
+
+    started = time.perf_counter()
+    with chdir(workdir):  # run_study exports the best models to ./models/<study>
+        results = run_study(config, evaluate=False, log=lambda *a: print(*a, flush=True))
+    wall = time.perf_counter() - started
+    results = Path(config.tune.results_dir) / config.tune.study
+    study = json.loads((results / "study.json").read_text())
+    trials = pd.read_csv(results / "trials.csv")
+    best = trials.sort_values("best_metric", ascending=False).iloc[0]
+    statuses = trials.status.value_counts().to_dict()
+    return {"approach": "(b) arxivcls study (OptunaSearch + ASHA)", "trials": len(trials),
+            "trial-epochs": int(study["trial_epochs"]), "wall s": wall, "best val_macro_f1": float(best.best_metric),
+            "best trial val_accuracy": float(best.get("best_val_accuracy", float("nan"))),
+            "stopped early": int(statuses.get("stopped_by_asha", 0) + statuses.get("stopped_by_patience", 0)),
+            "statuses": ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=8, help="the full epoch budget of every trial (ASHA max_t)")
+    parser.add_argument("--seeds", default="1,2")
+    parser.add_argument("--per-class", type=int, default=300, help="papers per category (8 categories)")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--cpus", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    from arxivcls.train import prepare_inputs
+
+    report = Report(NAME, "HPO efficiency: plain sequential Optuna vs arxivcls's OptunaSearch + ASHA study")
+    rows, pairs = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-hpo-") as tmp, local_ray(num_cpus=args.cpus):
+        workdir = Path(tmp)
+        papers, tiny = make_data(workdir, args.per_class, seed=0)
+        seeds = [int(s) for s in args.seeds.split(",")]
+        for i, seed in enumerate(seeds):
+            config = base_config(papers, tiny, workdir, args, seed)
+            inputs = prepare_inputs(config, log=lambda *a: None)  # tokenized once; both approaches reuse it
+            split_sizes = inputs["prepared"].meta["split_sizes"]
+            order = ["a", "b"] if i % 2 == 0 else ["b", "a"]
+            result = {}
+            for approach in order:
+                print(f"--- seed {seed}: approach {approach}", flush=True)
+                if approach == "a":
+                    result["a"] = plain_optuna(config, inputs, seed, args.cpus)
+                else:
+                    result["b"] = arxivcls_study(config, workdir)
+                print(result[approach], flush=True)
+            for key in ("a", "b"):
+                rows.append({"seed": seed, **result[key]})
+            a, b = result["a"], result["b"]
+            pairs.append({"seed": seed, "epochs (b)/(a)": b["trial-epochs"] / a["trial-epochs"],
+                          "wall (b)/(a)": b["wall s"] / a["wall s"],
+                          "best F1 (b) - (a)": b["best val_macro_f1"] - a["best val_macro_f1"]})
+
+    report.add(f"Data: {args.per_class} real papers from each of {len(CATEGORIES)} categories ({', '.join(CATEGORIES)}), "
+               f"stratified split {split_sizes}; tiny random BERT (2 layers, width 32, 2k WordPiece vocab trained on "
+               f"the papers), max_length {args.max_length}. {args.trials} trials per approach, epoch budget "
+               f"{args.epochs}, seeds {args.seeds} (TPE sampler seed and training seed). Objective: best validation "
+               f"macro F1 over a trial's epochs.\n")
+    report.add("Search space (both approaches): " + "; ".join(
+        f"{k} {v['type']} " + (str(v['values']) if 'values' in v else f"[{v['low']:g}, {v['high']:g}]") for k, v in SPACE.items())
+        + f"; epochs fixed at {args.epochs}. Default point (trial 1 of both): lr 2e-3, batch 32, weight decay 0.01, "
+        f"warmup 0.05, ce, no label smoothing.\n")
+    report.add("## Runs\n")
+    report.add(md_table(rows, ["seed", "approach", "trials", "trial-epochs", "wall s", "best val_macro_f1",
+                               "best trial val_accuracy", "stopped early", "statuses"], floatfmt="{:.4g}"))
+    report.add("## (b) relative to (a)\n")
+    report.add(md_table(pairs, floatfmt="{:.3f}"))
+    ratio_ok = all(p["epochs (b)/(a)"] <= 0.5 for p in pairs)
+    f1_ok = all(p["best F1 (b) - (a)"] >= -0.01 for p in pairs)
+    report.add("## Target\n")
+    report.add(md_table([
+        {"target": "(b) trial-epochs <= 50% of (a)", "measured": ", ".join(f"{p['epochs (b)/(a)']:.0%}" for p in pairs),
+         "status": met(ratio_ok)},
+        {"target": "(b) best val macro F1 >= (a) - 0.01", "measured": ", ".join(f"{p['best F1 (b) - (a)']:+.4f}" for p in pairs),
+         "status": met(f1_ok)},
+    ], ["target", "measured", "status"]))
+    report.write()
+
+
+if __name__ == "__main__":
+    main()

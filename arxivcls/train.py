@@ -319,13 +319,23 @@ def prune_checkpoints(result, keep: int, metric: str, mode: str) -> None:
     """After a finished run, drop the "latest" checkpoint Ray kept for resuming if it is not among the best."""
     import pyarrow.fs
 
-    scored = [(m[metric], c) for c, m in (result.best_checkpoints or []) if metric in m]
-    scored.sort(key=lambda s: s[0], reverse=mode == "max")
-    for _, checkpoint in scored[keep:]:
+    scored = [(m[metric], i, c) for i, (c, m) in enumerate(result.best_checkpoints or []) if metric in m]
+    # best first; among equal scores the later checkpoint first, as Ray's own retention does
+    scored.sort(key=lambda s: (s[0] if mode == "max" else -s[0], s[1]), reverse=True)
+    for _, _, checkpoint in scored[keep:]:
         try:
             checkpoint.filesystem.delete_dir(checkpoint.path)
         except (OSError, pyarrow.lib.ArrowException):
             pass
+
+
+def checkpoint_exists(path) -> bool:
+    import pyarrow.fs
+
+    if not isinstance(path, str) or not path:
+        return False
+    fs, root = pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).resolve().as_uri())
+    return fs.get_file_info(root).type == pyarrow.fs.FileType.Directory
 
 
 def best_checkpoint(result, metric: str, mode: str):

@@ -207,8 +207,9 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
     started = time.time()
     connect_ray(address, log=log)
     inputs = prepare_inputs(config, log=log)
+    # Train runs live inside the study's directory: one place to find, measure and delete a study.
     train = dataclasses.replace(config.train, metric=config.tune.metric, mode=config.tune.mode,
-                                storage_path=paths["storage"])
+                                storage_path=paths["experiment"])
     available = ray.available_resources()
     concurrency = plan_concurrency(available, train, config.tune.num_samples, config.tune.max_concurrent)
     log(f"study '{config.tune.study}': {config.tune.num_samples} trials, {concurrency} at a time "
@@ -305,6 +306,8 @@ def _check_writable(directory: Path) -> None:
 
 def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     """trials.csv (one row per trial) and history.csv (one row per trial-epoch) from a ResultGrid."""
+    from arxivcls.train import checkpoint_exists
+
     metric, mode = config.tune.metric, config.tune.mode
     rows, histories = [], []
     for result in grid:
@@ -316,9 +319,12 @@ def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                "seconds": (result.metrics or {}).get("time_total_s"), "error": str(result.error).splitlines()[0][:200] if result.error else ""}
         if not frame.empty and metric in frame:
             frame = frame.dropna(subset=[metric])
-            best_value = frame[metric].max() if mode == "max" else frame[metric].min()
-            best_row = frame[frame[metric] == best_value].iloc[-1]  # on ties Ray keeps the latest checkpoint
             last = frame.iloc[-1]
+            # the best epoch whose checkpoint is still on disk (Ray keeps the best and, on ties, the latest)
+            kept = frame[[checkpoint_exists(p) for p in frame.get("checkpoint_path", pd.Series([None] * len(frame)))]]
+            ranked = kept if not kept.empty else frame
+            best_value = ranked[metric].max() if mode == "max" else ranked[metric].min()
+            best_row = ranked[ranked[metric] == best_value].iloc[-1]
             row.update(epochs_run=int(frame.epoch.max()), planned_epochs=int(last.get("planned_epochs", 0) or 0),
                        best_metric=float(best_row[metric]), best_epoch=int(best_row.epoch),
                        best_checkpoint=best_row.get("checkpoint_path"),
@@ -328,7 +334,8 @@ def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                     row["status"] = "stopped_by_patience"
                 elif row["epochs_run"] < row["planned_epochs"]:
                     row["status"] = "stopped_by_asha"
-            keep = [c for c in ("epoch", metric, "val_loss", "val_accuracy", "val_macro_f1", "val_weighted_f1", "train_loss", "epoch_seconds") if c in frame]
+            keep = [c for c in dict.fromkeys(("epoch", metric, "val_loss", "val_accuracy", "val_macro_f1", "val_weighted_f1",
+                                              "train_loss", "epoch_seconds")) if c in frame]
             histories.append(frame[keep].assign(trial_id=trial_id, status=row["status"]))
         rows.append(row)
     trials = pd.DataFrame(rows)

@@ -182,26 +182,10 @@ def write_papers_file(directory: Path, n: int, seed: int = 42, categories: list[
 
 
 def make_tiny_bert(directory: Path, texts: list[str], num_labels: int = 2) -> Path:
-    """A 2-layer, 32-wide random BERT with a WordPiece tokenizer trained on `texts` (as tests/conftest.py)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from tokenizers.processors import TemplateProcessing
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    """arxivcls.models.make_tiny_bert: a 2-layer, 32-wide random BERT with a vocabulary trained on `texts`."""
+    from arxivcls.models import make_tiny_bert as make
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
-        vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
-    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
-    config = BertConfig(vocab_size=fast.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, num_labels=num_labels)
-    model = BertForSequenceClassification(config)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
-    fast.save_pretrained(directory)
-    return directory
+    return Path(make(directory, texts, num_labels))
 
 
 # ---------------------------------------------------------------- a private Ray cluster

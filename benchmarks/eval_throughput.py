@@ -119,6 +119,18 @@ def main(argv=None):
                 "max |p_ray - p_loop|": float(np.abs(probs["ray_data"] - probs["loop"]).max()),
             })
 
+        # Fixed cost of each path: the same calls on a single batch (model load, actor start, ...).
+        probe = texts[:args.batch_size]
+        fixed = []
+        for path in ("bare", "ray_data"):
+            started = time.perf_counter()
+            if path == "bare":
+                predict_in_process(model_dirs[0], probe, args.max_length, args.batch_size)
+            else:
+                predict_with_ray_data(model_dirs[0], probe, args.max_length, args.batch_size, args.actors)
+            fixed.append({"path": path, f"seconds for one batch of {len(probe)} papers": time.perf_counter() - started})
+        print(fixed, flush=True)
+
     totals = {}
     for path in ("loop", "bare", "ray_data"):
         seconds = sum(r["seconds"] for r in rows if r["path"] == path)
@@ -136,6 +148,8 @@ def main(argv=None):
     report.add(md_table(list(totals.values())))
     report.add("## Per model (interleaved, rotating order)\n")
     report.add(md_table(rows, ["model", "path", "seconds", "papers/s", "load s", "forward s"]))
+    report.add("## Fixed cost per call (model 1, one batch: model load, Ray Data actor start, scheduling)\n")
+    report.add(md_table(fixed))
     report.add("## Agreement with the per-paper loop (sanity check: padding must not change predictions)\n")
     report.add(md_table(agreement, floatfmt="{:.4g}"))
     report.add("## Targets\n")

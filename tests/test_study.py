@@ -32,7 +32,7 @@ def study(ray_local, tmp_path_factory, papers_file, tiny_bert):
 
     def watch_checkpoints():  # retention is checked while the study runs, not only at the end
         while not done.is_set():
-            for run in (tmp_path / "runs").glob("train-*"):
+            for run in (tmp_path / "runs").glob("*/train-*"):
                 count = len(list(run.glob("checkpoint_*")))
                 most_checkpoints[run.name] = max(count, most_checkpoints.get(run.name, 0))
             time.sleep(0.2)
@@ -77,7 +77,7 @@ def test_checkpoints_retained_and_best_model_exported(study):
     assert len(study["most_checkpoints"]) == len(trials)
     assert max(study["most_checkpoints"].values()) <= keep + 1  # while running: best `keep` + the latest (to resume)
     for trial in trials.itertuples():
-        checkpoints = list((study["tmp"] / "runs").glob(f"train-{trial.trial_id}/checkpoint_*"))
+        checkpoints = list((study["tmp"] / "runs" / "tiny").glob(f"train-{trial.trial_id}/checkpoint_*"))
         assert 1 <= len(checkpoints) <= (keep if trial.status == "completed" else keep + 1)
     import reliability
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from arxivcls.config import Config, TrainConfig
+from arxivcls.files import atomic_write_text
 from arxivcls.features import TokenizedSplit, collate, length_grouped_batches, sorted_batches
 
 TRAINING_STATE = "training_state.pt"  # optimizer/scheduler/progress; not part of the exported model
@@ -223,8 +224,8 @@ def connect_ray(address: str | None = None, log=print) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         info = ray.init(address=address, logging_level="WARNING")
-    else:  # local cluster; the dashboard (and token auth, on by default in Ray 2.60) stay on loopback
-        info = ray.init(dashboard_host="127.0.0.1", include_dashboard=True, logging_level="WARNING")
+    else:
+        info = start_local_ray()
     import logging
 
     import ray.data
@@ -235,6 +236,25 @@ def connect_ray(address: str | None = None, log=print) -> None:
     dashboard = info.dashboard_url
     log(f"ray: {'joined ' + address if address else 'started a local cluster'}; dashboard http://{dashboard}"
         if dashboard else "ray: connected (no dashboard)")
+
+
+def start_local_ray(num_cpus: int | None = None):
+    """A local cluster. The dashboard (and token auth, on by default in Ray 2.60) stay on loopback.
+
+    Ray Train's PlacementGroupCleaner (which frees the workers of a trial ASHA stopped) finds the
+    state API by auto-detection, and that fails when another Ray instance runs on the machine:
+    the freed CPUs never come back and the next trial's worker group times out forever. So the
+    dashboard gets a known port and every worker of this job is told where it is."""
+    import socket
+
+    import ray
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port, include_dashboard=True,
+                    logging_level="WARNING",
+                    runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
 
 
 def preflight(config: Config) -> str:
@@ -327,6 +347,36 @@ def prune_checkpoints(result, keep: int, metric: str, mode: str) -> None:
             checkpoint.filesystem.delete_dir(checkpoint.path)
         except (OSError, pyarrow.lib.ArrowException):
             pass
+
+
+FINAL_RESULT = "final_result.json"
+
+
+def _run_file(storage_path: str, run_name: str, file_name: str):
+    import pyarrow.fs
+
+    uri = f"{storage_path.rstrip('/')}/{run_name}/{file_name}"
+    return pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else Path(uri).resolve().as_uri())
+
+
+def write_run_file(storage_path: str, run_name: str, file_name: str, text: str) -> None:
+    """A small file next to a Train run's checkpoints (local, NFS or s3://); atomic on local disks."""
+    if "://" not in storage_path:
+        atomic_write_text(Path(storage_path) / run_name / file_name, text)
+        return
+    fs, path = _run_file(storage_path, run_name, file_name)
+    with fs.open_output_stream(path) as out:  # object stores publish a whole object at close
+        out.write(text.encode("utf-8"))
+
+
+def read_run_file(storage_path: str, run_name: str, file_name: str) -> str | None:
+    import pyarrow.fs
+
+    fs, path = _run_file(storage_path, run_name, file_name)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode("utf-8")
 
 
 def checkpoint_exists(path) -> bool:

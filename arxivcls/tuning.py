@@ -155,12 +155,27 @@ def trial_driver(config: dict, base: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from arxivcls.train import build_trainer, prune_checkpoints
+    from arxivcls.train import FINAL_RESULT, best_checkpoint, build_trainer, prune_checkpoints, read_run_file, write_run_file
 
     train = TrainConfig(**{**base["train"], **config})
     trial_id = ray.tune.get_context().get_trial_id()
+    name = f"train-{trial_id}"
+    # Tune saves the study's state every few seconds: when the driver dies just after a trial
+    # finished, a resumed study starts that trial again. Its Train run is done, so hand Tune the
+    # saved final result instead of training again (and instead of a result without metrics).
+    finished = read_run_file(train.storage_path, name, FINAL_RESULT)
+    if finished is not None:
+        print(f"trial {trial_id}: its Train run had already finished; replaying its result, not retraining", flush=True)
+        for metrics in json.loads(finished):
+            ray.tune.report(metrics)
+        return
     # A stable name: a retried trial (Tune FailureConfig) finds its Train run and resumes it.
-    result = build_trainer(train, base["loop_base"], name=f"train-{trial_id}", callbacks=[TuneReportCallback()]).fit()
+    result = build_trainer(train, base["loop_base"], name=name, callbacks=[TuneReportCallback()]).fit()
+    checkpoint, _ = best_checkpoint(result, train.metric, train.mode)
+    replay = [{**metrics, "checkpoint_path": checkpoint.path} for c, metrics in result.best_checkpoints or [] if c is checkpoint]
+    if result.metrics and (not replay or result.metrics.get("epoch") != replay[0].get("epoch")):
+        replay.append(dict(result.metrics))
+    write_run_file(train.storage_path, name, FINAL_RESULT, json.dumps(replay))
     prune_checkpoints(result, train.checkpoint_keep, train.metric, train.mode)
 
 
@@ -219,6 +234,9 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
     base = {"train": dataclasses.asdict(train), "loop_base": inputs["loop_base"]}
     trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base), TRIAL_DRIVER_RESOURCES)
     max_epochs = max(train.epochs, int(config.tune.search_space.get("epochs", {}).get("high", train.epochs)))
+    # Save the study's state every 2 s (Ray's "auto" waits >= 10 s): a killed driver then loses
+    # at most a couple of seconds of bookkeeping; the state is a few KB.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if resume:
         log(f"resuming study from {paths['experiment']}")
         tuner = tune.Tuner.restore(paths["experiment"], trainable=trainable, resume_errored=True)
@@ -318,7 +336,8 @@ def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                "epochs_run": 0, "planned_epochs": None, "best_metric": float("nan"), "best_checkpoint": None,
                "seconds": (result.metrics or {}).get("time_total_s"), "error": str(result.error).splitlines()[0][:200] if result.error else ""}
         if not frame.empty and metric in frame:
-            frame = frame.dropna(subset=[metric])
+            # one row per epoch: a replayed result (see trial_driver) repeats epochs already reported
+            frame = frame.dropna(subset=[metric]).drop_duplicates(subset="epoch", keep="last")
             last = frame.iloc[-1]
             # the best epoch whose checkpoint is still on disk (Ray keeps the best and, on ties, the latest)
             kept = frame[[checkpoint_exists(p) for p in frame.get("checkpoint_path", pd.Series([None] * len(frame)))]]

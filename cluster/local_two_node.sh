@@ -141,7 +141,10 @@ EOF
     export ARXIVCLS_WORKDIR=${ARXIVCLS_WORKDIR:-$REPO}
     export RAY_AUTH_MODE=token
     export RAY_AUTH_TOKEN_PATH="$STATE_DIR/auth_token"
-    unset RAY_AUTH_TOKEN RAY_ADDRESS RAY_API_SERVER_ADDRESS
+    unset RAY_AUTH_TOKEN RAY_ADDRESS
+    # Workers inherit this from their raylet: Ray Train's PlacementGroupCleaner then finds the
+    # state API of *this* cluster even when another Ray instance runs on the machine.
+    export RAY_API_SERVER_ADDRESS="http://127.0.0.1:$DASHBOARD_PORT"
     export RAY_USAGE_STATS_ENABLED=0
 
     echo "starting head (GCS 127.0.0.1:$GCS_PORT, dashboard 127.0.0.1:$DASHBOARD_PORT) ..."

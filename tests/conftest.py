@@ -45,7 +45,9 @@ def ray_local():
     in a subprocess start their own cluster there instead."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    from arxivcls.train import start_local_ray
+
+    start_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

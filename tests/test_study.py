@@ -33,7 +33,7 @@ def study(ray_local, tmp_path_factory, papers_file, tiny_bert):
     def watch_checkpoints():  # retention is checked while the study runs, not only at the end
         while not done.is_set():
             for run in (tmp_path / "runs").glob("*/train-*"):
-                count = len(list(run.glob("checkpoint_*")))
+                count = len(list(run.glob("checkpoint_2*")))  # checkpoint_<date> directories
                 most_checkpoints[run.name] = max(count, most_checkpoints.get(run.name, 0))
             time.sleep(0.2)
 
@@ -59,7 +59,7 @@ def test_study_runs_trials_concurrently_and_starts_with_the_default(study):
     assert first.p_learning_rate == pytest.approx(1e-3) and first.p_epochs == 2  # the config's train values
     assert set(trials.status) <= {"completed", "stopped_by_asha", "stopped_by_patience"}
     assert (trials.epochs_run >= 1).all() and trials.best_metric.notna().all()
-    assert info["best_trial"]["val_macro_f1"] == pytest.approx(trials.best_metric.max())
+    assert info["best_trial"]["val_macro_f1"] == pytest.approx(trials.best_metric.max(), abs=1e-5)  # csv: 5 decimals
     assert info["trial_epochs"] == trials.epochs_run.sum()
 
 
@@ -77,7 +77,7 @@ def test_checkpoints_retained_and_best_model_exported(study):
     assert len(study["most_checkpoints"]) == len(trials)
     assert max(study["most_checkpoints"].values()) <= keep + 1  # while running: best `keep` + the latest (to resume)
     for trial in trials.itertuples():
-        checkpoints = list((study["tmp"] / "runs" / "tiny").glob(f"train-{trial.trial_id}/checkpoint_*"))
+        checkpoints = list((study["tmp"] / "runs" / "tiny").glob(f"train-{trial.trial_id}/checkpoint_2*"))
         assert 1 <= len(checkpoints) <= (keep if trial.status == "completed" else keep + 1)
     import reliability
 

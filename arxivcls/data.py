@@ -88,22 +88,15 @@ def normalize(raw: pd.DataFrame) -> tuple[pd.DataFrame, str, dict]:
     return papers.reset_index(drop=True), schema, dropped
 
 
-def stratified_sample(papers: pd.DataFrame, max_papers: int, min_per_class: int, seed: int) -> pd.DataFrame:
-    """About max_papers rows with the class imbalance kept, but every class keeps >= min_per_class rows."""
-    counts = papers.category.value_counts()
+def stratified_sample(papers: pd.DataFrame, max_papers: int, seed: int) -> pd.DataFrame:
+    """About max_papers rows, every class sampled at the same rate: the class imbalance is kept.
+    (prepare() then drops the classes left with fewer than min_per_class papers, as for the full data.)"""
     if max_papers <= 0 or max_papers >= len(papers):
         return papers
-
-    def quotas(fraction: float) -> pd.Series:
-        return np.minimum(counts, np.maximum(min_per_class, np.floor(counts * fraction))).astype(int)
-
-    low, high = 0.0, 1.0
-    for _ in range(50):  # bisection on the sampling fraction
-        mid = (low + high) / 2
-        low, high = (mid, high) if quotas(mid).sum() <= max_papers else (low, mid)
-    take = quotas(low)
+    fraction = max_papers / len(papers)
     rng = np.random.default_rng(seed)
-    parts = [group.iloc[rng.permutation(len(group))[: take[cat]]] for cat, group in papers.groupby("category", sort=True)]
+    parts = [group.iloc[rng.permutation(len(group))[: round(len(group) * fraction)]]
+             for _, group in papers.groupby("category", sort=True)]
     return pd.concat(parts).reset_index(drop=True)
 
 
@@ -181,12 +174,13 @@ def prepare(cfg: DataConfig, log=print) -> Prepared:
     if cfg.max_per_class:
         shuffled = papers.sample(frac=1.0, random_state=cfg.seed)
         papers = shuffled.groupby("category").head(cfg.max_per_class).reset_index(drop=True)
+    papers = stratified_sample(papers, cfg.max_papers, cfg.seed)
     counts = papers.category.value_counts()
     rare = counts[counts < cfg.min_per_class]
     papers = papers[~papers.category.isin(rare.index)]
     if papers.empty:
-        raise UserError(f"every category has fewer than min_per_class={cfg.min_per_class} papers: nothing left to train on")
-    papers = stratified_sample(papers, cfg.max_papers, cfg.min_per_class, cfg.seed)
+        raise UserError(f"every category has fewer than min_per_class={cfg.min_per_class} papers"
+                        f"{' in the sample of max_papers=' + str(cfg.max_papers) if cfg.max_papers else ''}: nothing left to train on")
     splits = stratified_split(papers, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     categories = sorted(papers.category.unique())
     label2id = {c: i for i, c in enumerate(categories)}

@@ -238,7 +238,7 @@ def connect_ray(address: str | None = None, log=print) -> None:
         if dashboard else "ray: connected (no dashboard)")
 
 
-def start_local_ray(num_cpus: int | None = None):
+def start_local_ray(num_cpus: int | None = None, env_vars: dict | None = None):
     """A local cluster. The dashboard (and token auth, on by default in Ray 2.60) stay on loopback.
 
     Ray Train's PlacementGroupCleaner (which frees the workers of a trial ASHA stopped) finds the
@@ -252,9 +252,9 @@ def start_local_ray(num_cpus: int | None = None):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    return ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port, include_dashboard=True,
-                    logging_level="WARNING",
-                    runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+    env_vars = {**(env_vars or {}), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    return ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port,
+                    include_dashboard=True, logging_level="WARNING", runtime_env={"env_vars": env_vars})
 
 
 def preflight(config: Config) -> str:

@@ -198,8 +198,9 @@ def local_ray(num_cpus: int = 2):
     import ray
 
     started = time.perf_counter()
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}})
+    from arxivcls.train import start_local_ray
+
+    start_local_ray(num_cpus, env_vars={"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
     import ray.data
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -80,13 +80,24 @@ def test_split_is_disjoint_stratified_and_keeps_every_class_in_train(real_papers
     assert again["test"].id.tolist() == splits["test"].id.tolist()  # seeded
 
 
-def test_stratified_sample_keeps_imbalance_and_floor():
+def test_stratified_sample_keeps_imbalance():
     papers = pd.DataFrame({"id": [str(i) for i in range(1110)], "text": "x",
                            "category": ["big"] * 1000 + ["mid"] * 100 + ["small"] * 10})
-    sample = stratified_sample(papers, 200, min_per_class=5, seed=0)
+    sample = stratified_sample(papers, 222, seed=0)
     counts = sample.category.value_counts()
-    assert abs(len(sample) - 200) <= 3
-    assert counts["big"] > 8 * counts["mid"] and counts["small"] >= 5
+    assert counts.to_dict() == {"big": 200, "mid": 20, "small": 2}  # every class at the rate 222/1110
+    assert sample.id.is_unique and set(sample.id) <= set(papers.id)
+
+
+def test_prepare_drops_classes_left_rare_by_the_sample(tmp_path):
+    papers = pd.DataFrame({"id": [str(i) for i in range(1110)], "title": "t", "summary": [f"paper {i}" for i in range(1110)],
+                           "category_code": ["cs.LG"] * 1000 + ["cs.CV"] * 100 + ["stat.ML"] * 10})
+    path = tmp_path / "papers.csv"
+    papers.to_csv(path, index=False)
+    prepared = prepare(DataConfig(path=str(path), cache_dir=str(tmp_path / "cache"), max_papers=222, min_per_class=5),
+                       log=lambda *a: None)
+    assert prepared.meta["dropped_categories"] == {"stat.ML": 2}  # 2 papers in the sample < min_per_class
+    assert sum(prepared.meta["split_sizes"].values()) == 220
 
 
 def test_prepare_caches_and_label_map_round_trips(papers_file, tmp_path):

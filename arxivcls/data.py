@@ -174,7 +174,9 @@ def prepare(cfg: DataConfig, log=print) -> Prepared:
     if cfg.max_per_class:
         shuffled = papers.sample(frac=1.0, random_state=cfg.seed)
         papers = shuffled.groupby("category").head(cfg.max_per_class).reset_index(drop=True)
-    papers = stratified_sample(papers, cfg.max_papers, cfg.seed)
+    if 0 < cfg.max_papers < len(papers):
+        papers = stratified_sample(papers, cfg.max_papers, cfg.seed)
+        log(f"max_papers={cfg.max_papers}: a stratified sample of {len(papers)} papers in {papers.category.nunique()} categories")
     counts = papers.category.value_counts()
     rare = counts[counts < cfg.min_per_class]
     papers = papers[~papers.category.isin(rare.index)]

@@ -298,6 +298,10 @@ def build_trainer(train: TrainConfig, loop_base: dict, name: str, callbacks=()):
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    # The controller polls its workers every 2 s by default and notices a finished loop only at
+    # the next poll: ~3 s of every trial's fixed cost (benchmarks/overhead: 13.2 s -> 10.2 s).
+    # Ray Train passes this variable on from the process that calls fit() to its controller.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     use_gpu = train.gpus_per_worker > 0
     resources = {"CPU": train.cpus_per_worker, **({"GPU": train.gpus_per_worker} if use_gpu else {})}
     return TorchTrainer(
@@ -336,17 +340,26 @@ def export_model(checkpoint_path: str, output_dir: str) -> str:
 
 
 def prune_checkpoints(result, keep: int, metric: str, mode: str) -> None:
-    """After a finished run, drop the "latest" checkpoint Ray kept for resuming if it is not among the best."""
+    """After a finished run, delete every checkpoint directory of the run but the `keep` best
+    (Ray also keeps the latest, for resuming; and its result does not always list that one)."""
+    import posixpath
+
     import pyarrow.fs
 
     scored = [(m[metric], i, c) for i, (c, m) in enumerate(result.best_checkpoints or []) if metric in m]
+    if not scored:
+        return
     # best first; among equal scores the later checkpoint first, as Ray's own retention does
     scored.sort(key=lambda s: (s[0] if mode == "max" else -s[0], s[1]), reverse=True)
-    for _, _, checkpoint in scored[keep:]:
-        try:
-            checkpoint.filesystem.delete_dir(checkpoint.path)
-        except (OSError, pyarrow.lib.ArrowException):
-            pass
+    keepers = {posixpath.normpath(c.path) for _, _, c in scored[:keep]}
+    filesystem, run_dir = scored[0][2].filesystem, posixpath.dirname(posixpath.normpath(scored[0][2].path))
+    for info in filesystem.get_file_info(pyarrow.fs.FileSelector(run_dir)):
+        if (info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
+                and posixpath.normpath(info.path) not in keepers):
+            try:
+                filesystem.delete_dir(info.path)
+            except (OSError, pyarrow.lib.ArrowException):
+                pass
 
 
 FINAL_RESULT = "final_result.json"

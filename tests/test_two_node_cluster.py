@@ -49,6 +49,9 @@ SCRIPT = REPO / "cluster" / "local_two_node.sh"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# The tests read per-worker lines ("worker 0/1 on node X", "epoch 1/N") from the job's logs; Ray's
+# log dedup prints only the first of lines that differ in numbers, hiding the other node's worker.
+NO_LOG_DEDUP = {"env_vars": {"RAY_DEDUP_LOGS": "0"}}
 
 
 def _pid_gone(pid: int) -> bool:
@@ -339,7 +342,8 @@ def test_tiny_study_submitted_as_a_job_uses_both_nodes(two_node_cluster, tmp_pat
                              tune={"num_samples": 2, "study": "twonode"}, eval={"baseline": False})
     jobdir = tmp_path / "job"
     jobdir.mkdir()
-    job_id = two_node_cluster.submit(["arxivcls", "tune", str(config)], jobdir, submission_id="two-node-study")
+    job_id = two_node_cluster.submit(["arxivcls", "tune", str(config)], jobdir, submission_id="two-node-study",
+                                     runtime_env=NO_LOG_DEDUP)
     status, logs = two_node_cluster.wait(job_id, timeout=600)
     assert status == "SUCCEEDED", logs[-4000:]
 
@@ -379,21 +383,24 @@ def test_worker_node_lost_mid_study_and_the_study_completes(two_node_cluster, tm
     shared = two_node_cluster.state_dir / "study-nodeloss"
     shared.mkdir()
     config = tiny_study_yaml(shared, papers_file, tiny_bert,
-                             train={"cpus_per_worker": 1, "epochs": 5, "max_failures": 3},
+                             train={"cpus_per_worker": 1, "epochs": 8, "max_failures": 3},
                              tune={"num_samples": 2, "study": "nodeloss", "max_failures": 2,
                                    "search_space": {"learning_rate": {"type": "loguniform", "low": 5e-4, "high": 2e-3}}},
                              eval={"baseline": False, "logit_adjust": False})
     jobdir = tmp_path / "job"
     jobdir.mkdir()
     node2 = next(n["NodeID"] for n in two_node_cluster.nodes() if n["Alive"] and "node2" in n["Resources"])
-    job_id = two_node_cluster.submit(["arxivcls", "tune", str(config)], jobdir, submission_id="two-node-loss")
+    job_id = two_node_cluster.submit(["arxivcls", "tune", str(config)], jobdir, submission_id="two-node-loss",
+                                     runtime_env=NO_LOG_DEDUP)
     deadline = time.time() + 600
     while time.time() < deadline:  # wait until the worker on node2 has finished an epoch
         logs = two_node_cluster.api(f"/api/jobs/{job_id}/logs").get("logs", "")
         match = re.search(rf"RayTrainWorker pid=(\d+)[^)]*\)\S* worker 0/1 on node {node2}", logs)
-        if match and re.search(rf"RayTrainWorker pid={match.group(1)}[^)]*\)\S* epoch 1/5", logs):
+        if match and re.search(rf"RayTrainWorker pid={match.group(1)}[^)]*\)\S* epoch 1/8", logs):
             break
-        time.sleep(2)
+        if two_node_cluster.api(f"/api/jobs/{job_id}")["status"] in TERMINAL:
+            pytest.fail("the study ended before a trial was seen training on node2:\n" + logs[-3000:])
+        time.sleep(0.5)
     else:
         pytest.fail("no trial trained on node2 in time:\n" + logs[-3000:])
     for pid in _node_pids(two_node_cluster.state_dir, "node2"):
@@ -409,7 +416,7 @@ def test_worker_node_lost_mid_study_and_the_study_completes(two_node_cluster, tm
     trials = pd.read_csv(shared / "results" / "nodeloss" / "trials.csv")
     assert len(trials) == 2 and trials.best_metric.notna().all()
     assert set(trials.status) <= {"completed", "stopped_by_asha", "stopped_by_patience"}
-    assert (trials.epochs_run == 5).any()
+    assert (trials.epochs_run == 8).any()
     import reliability
 
     reliability.record("fault", "worker node of a two-node cluster killed mid-study (raylet + workers, SIGKILL)",

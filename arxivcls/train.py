@@ -21,6 +21,10 @@ from arxivcls.files import atomic_write_text
 from arxivcls.features import TokenizedSplit, collate, length_grouped_batches, sorted_batches
 
 TRAINING_STATE = "training_state.pt"  # optimizer/scheduler/progress; not part of the exported model
+FINAL_RESULT = "final_result.json"  # a finished run's result, replayed if Tune restarts its trial
+# The metrics a run reported last. A restarted run reads its epoch so as not to report epochs
+# again; and Ray's Result.metrics holds the latest *checkpoint's* metrics, not the last epoch's.
+LAST_REPORT = "last_report.json"
 
 
 # ---------------------------------------------------------------- helpers used by the loop
@@ -139,12 +143,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     weights = class_weights(train_split.labels, len(id2label)).to(device) if train.loss == "weighted_ce" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=train.label_smoothing)
 
-    start_epoch, best, bad_epochs = 0, None, 0
+    start_epoch, best, bad_epochs, reported_epochs = 0, None, 0, 0
     if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best, bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
         torch.set_rng_state(state["torch_rng"])
+        reported_epochs = (last_reported_metrics(loop_config["run_storage"], loop_config["run_name"]) or {}).get("epoch", 0)
         if rank == 0:
             print(f"resumed from checkpoint after epoch {start_epoch}")
 
@@ -172,6 +177,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             loss_total += loss.item() * len(rows)
             papers += len(rows)
         train_seconds = time.perf_counter() - started
+        if epoch < reported_epochs:
+            # Redoing an epoch after the best checkpoint that was already reported before the
+            # restart: it did not improve then (or it would have a checkpoint), and reporting it
+            # again would send Tune's epoch counter backwards.
+            bad_epochs += 1
+            continue
 
         probs, val_loss_sum = predict_proba(bare_model, val_split, val_rows, train.eval_batch_size, device, amp_dtype)
         labels = val_split.labels[val_rows]
@@ -188,23 +199,29 @@ def train_loop_per_worker(loop_config: dict) -> None:
             epoch=epoch + 1, planned_epochs=train.epochs,
             epoch_seconds=time.perf_counter() - started, train_papers_per_s=papers * world_size / train_seconds,
         )
-        if better(metrics[train.metric], best, train.mode):
+        improved = better(metrics[train.metric], best, train.mode)
+        if improved:
             best, bad_epochs = metrics[train.metric], 0
         else:
             bad_epochs += 1
         stop = bad_epochs >= train.patience
         metrics.update({f"best_{train.metric}": best, "stopped_by_patience": int(stop)})
 
+        # Checkpoint only epochs that improve the metric: they are the only ones a study ever
+        # exports, Ray always keeps the latest checkpoint besides the `keep` best (so the latest
+        # must be a best one to hold `keep` on disk), and a SciBERT checkpoint is ~440 MB to
+        # write. A restarted run resumes from its best epoch and redoes the epochs after it.
         with tempfile.TemporaryDirectory() as checkpoint_dir:
-            if rank == 0:
+            if rank == 0 and improved:
                 bare_model.save_pretrained(checkpoint_dir, safe_serialization=True)
                 tokenizer.save_pretrained(checkpoint_dir)
                 torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "epoch": epoch + 1, "best": best, "bad_epochs": bad_epochs,
                             "torch_rng": torch.get_rng_state()}, Path(checkpoint_dir) / TRAINING_STATE)
                 (Path(checkpoint_dir) / "metrics.json").write_text(json.dumps(metrics, indent=1))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if rank == 0 else None)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if rank == 0 and improved else None)
         if rank == 0:  # after the report: a line printed here means its checkpoint is persisted
+            write_run_file(loop_config["run_storage"], loop_config["run_name"], LAST_REPORT, json.dumps(metrics))
             print(f"epoch {epoch + 1}/{train.epochs} " + " ".join(
                 f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_weighted_f1")),
                 f"({metrics['epoch_seconds']:.0f}s, {metrics['train_papers_per_s']:.1f} papers/s)", flush=True)
@@ -306,7 +323,7 @@ def build_trainer(train: TrainConfig, loop_base: dict, name: str, callbacks=()):
     resources = {"CPU": train.cpus_per_worker, **({"GPU": train.gpus_per_worker} if use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**loop_base, "train": dataclasses.asdict(train)},
+        train_loop_config={**loop_base, "train": dataclasses.asdict(train), "run_storage": storage_uri(train.storage_path), "run_name": name},
         scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name,
@@ -339,33 +356,47 @@ def export_model(checkpoint_path: str, output_dir: str) -> str:
     return str(output)
 
 
-def prune_checkpoints(result, keep: int, metric: str, mode: str) -> None:
-    """After a finished run, delete every checkpoint directory of the run but the `keep` best
-    (Ray also keeps the latest, for resuming; and its result does not always list that one)."""
-    import posixpath
+def rank_by_score(scored: list[tuple], mode: str) -> list[tuple]:
+    """[(item, score), ...] in report order -> best first; among equal scores the later report
+    first, as Ray's own checkpoint retention does. One ranking for picking and for pruning."""
+    order = sorted(range(len(scored)), key=lambda i: (scored[i][1] if mode == "max" else -scored[i][1], i), reverse=True)
+    return [scored[i] for i in order]
 
+
+def ranked_checkpoints(result, metric: str, mode: str) -> list[tuple]:
+    """[(Checkpoint, score), ...] of a Train result, best first."""
+    return rank_by_score([(c, m[metric]) for c, m in (result.best_checkpoints or []) if metric in m], mode)
+
+
+def best_checkpoint(result, metric: str, mode: str):
+    ranked = ranked_checkpoints(result, metric, mode)
+    return ranked[0] if ranked else (None, None)
+
+
+def prune_run_dir(filesystem, run_dir: str, keep_names: set[str]) -> None:
+    """Delete every checkpoint_* directory of one Train run except those named in keep_names."""
     import pyarrow.fs
 
-    scored = [(m[metric], i, c) for i, (c, m) in enumerate(result.best_checkpoints or []) if metric in m]
-    if not scored:
-        return
-    # best first; among equal scores the later checkpoint first, as Ray's own retention does
-    scored.sort(key=lambda s: (s[0] if mode == "max" else -s[0], s[1]), reverse=True)
-    keepers = {posixpath.normpath(c.path) for _, _, c in scored[:keep]}
-    filesystem, run_dir = scored[0][2].filesystem, posixpath.dirname(posixpath.normpath(scored[0][2].path))
-    for info in filesystem.get_file_info(pyarrow.fs.FileSelector(run_dir)):
-        if (info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
-                and posixpath.normpath(info.path) not in keepers):
+    for info in filesystem.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True)):
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.base_name not in keep_names:
             try:
                 filesystem.delete_dir(info.path)
             except (OSError, pyarrow.lib.ArrowException):
                 pass
 
 
-FINAL_RESULT = "final_result.json"
+def prune_checkpoints(result, keep: int, metric: str, mode: str) -> None:
+    """After a finished run, delete every checkpoint directory of the run but the `keep` best
+    (Ray also keeps the latest, for resuming; and its result does not always list that one)."""
+    import posixpath
+
+    ranked = ranked_checkpoints(result, metric, mode)
+    if ranked:
+        paths = [posixpath.normpath(c.path) for c, _ in ranked]
+        prune_run_dir(ranked[0][0].filesystem, posixpath.dirname(paths[0]), {posixpath.basename(p) for p in paths[:keep]})
 
 
-def _filesystem(path: str):
+def resolve_filesystem(path: str):
     """(pyarrow filesystem, path inside it) for a local path or a URI (s3://, gs://, ...)."""
     import pyarrow.fs
 
@@ -373,7 +404,7 @@ def _filesystem(path: str):
 
 
 def _run_file(storage_path: str, run_name: str, file_name: str):
-    return _filesystem(f"{storage_path.rstrip('/')}/{run_name}/{file_name}")
+    return resolve_filesystem(f"{storage_path.rstrip('/')}/{run_name}/{file_name}")
 
 
 def write_run_file(storage_path: str, run_name: str, file_name: str, text: str) -> None:
@@ -396,21 +427,18 @@ def read_run_file(storage_path: str, run_name: str, file_name: str) -> str | Non
         return stream.read().decode("utf-8")
 
 
+def last_reported_metrics(storage_path: str, run_name: str) -> dict | None:
+    text = read_run_file(storage_uri(storage_path), run_name, LAST_REPORT)
+    return json.loads(text) if text else None
+
+
 def checkpoint_exists(path) -> bool:
     import pyarrow.fs
 
     if not isinstance(path, str) or not path:
         return False
-    fs, root = _filesystem(path)
+    fs, root = resolve_filesystem(path)
     return fs.get_file_info(root).type == pyarrow.fs.FileType.Directory
-
-
-def best_checkpoint(result, metric: str, mode: str):
-    scored = [(m[metric], c) for c, m in (result.best_checkpoints or []) if metric in m]
-    if not scored:
-        return None, None
-    value, checkpoint = (max if mode == "max" else min)(scored, key=lambda s: s[0])
-    return checkpoint, value
 
 
 def run_training(config: Config, address: str | None = None, log=print) -> dict:
@@ -421,11 +449,12 @@ def run_training(config: Config, address: str | None = None, log=print) -> dict:
     log(f"training {config.model.name} on {len(inputs['splits']['train'])} papers "
         f"({inputs['prepared'].num_labels} categories), validating on {len(inputs['splits']['val'])}")
     started = time.time()
-    result = build_trainer(train, inputs["loop_base"], name=f"train-{config.tune.study}-{time.strftime('%Y%m%d-%H%M%S')}").fit()
+    run_name = f"train-{config.tune.study}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = build_trainer(train, inputs["loop_base"], name=run_name).fit()
     prune_checkpoints(result, train.checkpoint_keep, train.metric, train.mode)
     checkpoint, value = best_checkpoint(result, train.metric, train.mode)
     if checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint: {result.error}")
     output = export_model(checkpoint.path, train.output_dir)
     log(f"best {train.metric}={value:.4f}; model saved to {output} ({time.time() - started:.0f}s)")
-    return {"model_dir": output, "metric": value, "metrics": result.metrics}
+    return {"model_dir": output, "metric": value, "metrics": last_reported_metrics(train.storage_path, run_name)}

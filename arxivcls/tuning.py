@@ -155,7 +155,8 @@ def trial_driver(config: dict, base: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from arxivcls.train import FINAL_RESULT, best_checkpoint, build_trainer, prune_checkpoints, read_run_file, write_run_file
+    from arxivcls.train import (FINAL_RESULT, best_checkpoint, build_trainer, last_reported_metrics, prune_checkpoints,
+                                read_run_file, write_run_file)
 
     train = TrainConfig(**{**base["train"], **config})
     trial_id = ray.tune.get_context().get_trial_id()
@@ -173,8 +174,9 @@ def trial_driver(config: dict, base: dict) -> None:
     result = build_trainer(train, base["loop_base"], name=name, callbacks=[TuneReportCallback()]).fit()
     checkpoint, _ = best_checkpoint(result, train.metric, train.mode)
     replay = [{**metrics, "checkpoint_path": checkpoint.path} for c, metrics in result.best_checkpoints or [] if c is checkpoint]
-    if result.metrics and (not replay or result.metrics.get("epoch") != replay[0].get("epoch")):
-        replay.append(dict(result.metrics))
+    last = last_reported_metrics(train.storage_path, name)
+    if last and (not replay or last.get("epoch") != replay[0].get("epoch")):
+        replay.append(last)
     write_run_file(train.storage_path, name, FINAL_RESULT, json.dumps(replay))
     prune_checkpoints(result, train.checkpoint_keep, train.metric, train.mode)
 
@@ -259,6 +261,7 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
         )
     grid = tuner.fit()
 
+    prune_study_checkpoints(grid, paths["experiment"], config.train.checkpoint_keep, config.tune.metric, config.tune.mode)
     trials, history = collect_trials(grid, config)
     if trials.empty or trials.best_metric.isna().all():
         raise RuntimeError(f"no trial reported {config.tune.metric}; see the trial errors under {paths['experiment']}")
@@ -322,15 +325,44 @@ def _check_writable(directory: Path) -> None:
         raise UserError(f"results directory {directory} is not writable: {e.strerror or e}")
 
 
+def _trial_id(result) -> str:
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name
+
+
+def prune_study_checkpoints(grid, experiment: str, keep: int, metric: str, mode: str) -> None:
+    """Keep only the `keep` best checkpoints of every finished trial's Train run. A trial's driver
+    prunes its own run when it finishes, but a trial that ASHA stops is killed before it can, and
+    its run still holds the latest checkpoint that Ray keeps for resuming. Errored trials are left
+    as they are: `--resume` may retry them from that latest checkpoint."""
+    import posixpath
+
+    import pyarrow.fs
+
+    from arxivcls.train import prune_run_dir, rank_by_score, resolve_filesystem
+
+    filesystem, root = resolve_filesystem(experiment)
+    for result in grid:
+        frame = result.metrics_dataframe
+        if result.error or frame is None or metric not in frame or "checkpoint_path" not in frame:
+            continue
+        run_dir = f"{root.rstrip('/')}/train-{_trial_id(result)}"
+        on_disk = {info.base_name for info in filesystem.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True))}
+        reported = frame.dropna(subset=[metric, "checkpoint_path"])
+        names = [posixpath.basename(posixpath.normpath(p)) for p in reported.checkpoint_path]
+        ranked = rank_by_score([(n, v) for n, v in zip(names, reported[metric]) if n in on_disk], mode)
+        if ranked:
+            prune_run_dir(filesystem, run_dir, {n for n, _ in ranked[:keep]})
+
+
 def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     """trials.csv (one row per trial) and history.csv (one row per trial-epoch) from a ResultGrid."""
-    from arxivcls.train import checkpoint_exists
+    from arxivcls.train import checkpoint_exists, rank_by_score
 
     metric, mode = config.tune.metric, config.tune.mode
     rows, histories = [], []
     for result in grid:
         frame = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        trial_id = _trial_id(result)
         params = {f"{SEARCHED_TRIAL_PREFIX}{k}": v for k, v in (result.config or {}).items()}
         row = {"trial_id": trial_id, **params, "status": "error" if result.error else "completed",
                "epochs_run": 0, "planned_epochs": None, "best_metric": float("nan"), "best_checkpoint": None,
@@ -341,9 +373,9 @@ def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
             last = frame.iloc[-1]
             # the best epoch whose checkpoint is still on disk (Ray keeps the best and, on ties, the latest)
             kept = frame[[checkpoint_exists(p) for p in frame.get("checkpoint_path", pd.Series([None] * len(frame)))]]
-            ranked = kept if not kept.empty else frame
-            best_value = ranked[metric].max() if mode == "max" else ranked[metric].min()
-            best_row = ranked[ranked[metric] == best_value].iloc[-1]
+            candidates = kept if not kept.empty else frame
+            (best_index, _), = rank_by_score(list(zip(candidates.index, candidates[metric])), mode)[:1]
+            best_row = candidates.loc[best_index]
             row.update(epochs_run=int(frame.epoch.max()), planned_epochs=int(last.get("planned_epochs", 0) or 0),
                        best_metric=float(best_row[metric]), best_epoch=int(best_row.epoch),
                        best_checkpoint=best_row.get("checkpoint_path"),

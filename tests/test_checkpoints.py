@@ -31,3 +31,27 @@ def test_prune_min_mode_and_ties_keep_the_later(tmp_path):
     listed = [(SimpleNamespace(path=str(tmp_path / n), filesystem=local), {"val_loss": v}) for n, v in zip(names, [0.3, 0.3, 0.9])]
     prune_checkpoints(SimpleNamespace(best_checkpoints=listed), keep=1, metric="val_loss", mode="min")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_2"]
+
+
+def test_study_prune_trims_a_stopped_trials_run_and_leaves_errored_trials_alone(tmp_path):
+    import pandas as pd
+
+    from arxivcls.tuning import prune_study_checkpoints
+
+    experiment = tmp_path / "study"
+    for trial in ("stopped", "errored"):
+        for name in ("checkpoint_1", "checkpoint_2", "checkpoint_3"):
+            (experiment / f"train-{trial}" / name).mkdir(parents=True)
+
+    def result(trial, error=None):
+        # what Tune recorded: one row per epoch, its checkpoint path; epoch 3 was reported twice (a replay)
+        frame = pd.DataFrame({"epoch": [1, 2, 3, 3], "val_macro_f1": [0.4, 0.1, 0.3, 0.3],
+                              "checkpoint_path": [str(experiment / f"train-{trial}" / f"checkpoint_{e}") for e in (1, 2, 3, 3)]})
+        return SimpleNamespace(metrics={"trial_id": trial}, path=str(tmp_path / trial), error=error, metrics_dataframe=frame)
+
+    grid = [result("stopped"), result("errored", error=RuntimeError("worker died"))]
+    prune_study_checkpoints(grid, str(experiment), keep=2, metric="val_macro_f1", mode="max")
+    assert sorted(p.name for p in (experiment / "train-stopped").iterdir()) == ["checkpoint_1", "checkpoint_3"]
+    assert len(list((experiment / "train-errored").iterdir())) == 3  # may be resumed from its latest
+    prune_study_checkpoints(grid, str(experiment), keep=1, metric="val_macro_f1", mode="max")
+    assert [p.name for p in (experiment / "train-stopped").iterdir()] == ["checkpoint_1"]

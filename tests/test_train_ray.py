@@ -1,11 +1,12 @@
 """The real Ray Train worker loop on CPU with a tiny BERT (slow: starts Ray)."""
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from arxivcls.config import Config, DataConfig, ModelConfig, TrainConfig
-from arxivcls.train import best_checkpoint, build_trainer, export_model, prepare_inputs
+from arxivcls.train import best_checkpoint, build_trainer, export_model, last_reported_metrics, prepare_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +26,14 @@ def test_tiny_bert_lowers_validation_loss_and_saves_hf_checkpoint(ray_local, pap
     config = tiny_config(papers_file, tiny_bert, tmp_path, checkpoint_keep=3)
     inputs = prepare_inputs(config, log=lambda *_: None)
     result = build_trainer(config.train, inputs["loop_base"], name="tiny").fit()
-    history = result.metrics_dataframe.sort_values("epoch")  # one row per retained checkpoint
-    assert history.epoch.tolist() == [1, 2, 3]
-    assert history.val_loss.iloc[-1] < history.val_loss.iloc[0] - 0.05
-    assert history.val_accuracy.iloc[-1] > 1.5 / inputs["prepared"].num_labels  # better than chance
+    checkpointed = result.metrics_dataframe.sort_values("epoch")  # one row per checkpoint: the improving epochs
+    assert checkpointed.epoch.iloc[0] == 1 and checkpointed.val_macro_f1.is_monotonic_increasing
+    last = last_reported_metrics(config.train.storage_path, "tiny")
+    assert last["epoch"] == 3
+    assert last["val_loss"] < checkpointed.val_loss.iloc[0] - 0.05
+    assert last["val_accuracy"] > 1.5 / inputs["prepared"].num_labels  # better than chance
     for key in ("val_macro_f1", "val_weighted_f1", "val_macro_precision", "val_weighted_recall", "train_loss"):
-        assert key in history
+        assert key in last
 
     checkpoint, value = best_checkpoint(result, "val_macro_f1", "max")
     exported = Path(export_model(checkpoint.path, str(tmp_path / "model")))
@@ -43,6 +46,42 @@ def test_tiny_bert_lowers_validation_loss_and_saves_hf_checkpoint(ray_local, pap
 def test_patience_stops_a_run_that_does_not_improve(ray_local, papers_file, tiny_bert, tmp_path):
     config = tiny_config(papers_file, tiny_bert, tmp_path, learning_rate=1e-9, epochs=6, patience=2, metric="val_loss", mode="min")
     inputs = prepare_inputs(config, log=lambda *_: None)
-    result = build_trainer(config.train, inputs["loop_base"], name="patience").fit()
+    build_trainer(config.train, inputs["loop_base"], name="patience").fit()
     # lr ~0: the loss barely moves; it "improves" by float noise at most once or twice, then stops early
-    assert result.metrics["stopped_by_patience"] == 1 and result.metrics["epoch"] < 6
+    last = last_reported_metrics(config.train.storage_path, "patience")
+    assert last["stopped_by_patience"] == 1 and last["epoch"] < 6
+
+
+class EpochsToFile:
+    """A Ray Train callback (it runs in the controller actor) that appends each reported epoch to a file."""
+
+    def __new__(cls, path):
+        from ray.train.v2.api.callback import UserCallback
+
+        class _Recorder(UserCallback):
+            def after_report(self, run_context, metrics, checkpoint):
+                with open(path, "a") as f:
+                    f.write(f"{metrics[0]['epoch']} {int(checkpoint is not None)}\n")
+
+        return _Recorder()
+
+
+def test_only_improving_epochs_are_checkpointed_and_a_restart_does_not_report_epochs_again(
+        ray_local, papers_file, tiny_bert, tmp_path):
+    # lr ~0: predictions never change, so macro F1 improves at epoch 1 only
+    config = tiny_config(papers_file, tiny_bert, tmp_path, learning_rate=1e-9, epochs=3, patience=10)
+    inputs = prepare_inputs(config, log=lambda *_: None)
+    reports = tmp_path / "reports.txt"
+    build_trainer(config.train, inputs["loop_base"], name="redo", callbacks=[EpochsToFile(reports)]).fit()
+    assert reports.read_text().split("\n")[:3] == ["1 1", "2 0", "3 0"]
+    run = tmp_path / "runs" / "redo"
+    assert len(list(run.glob("checkpoint_2*"))) == 1  # Ray's "latest" is the best: keep=1 on disk, not 2
+    assert last_reported_metrics(config.train.storage_path, "redo")["epoch"] == 3
+
+    # The same run started again (as Ray Train does after a failure) with one more epoch: it
+    # resumes from epoch 1's checkpoint, redoes epochs 2-3 without reporting them, reports epoch 4.
+    longer = dataclasses.replace(config.train, epochs=4)
+    build_trainer(longer, inputs["loop_base"], name="redo", callbacks=[EpochsToFile(reports)]).fit()
+    assert reports.read_text().split() == ["1", "1", "2", "0", "3", "0", "4", "0"]
+    last = last_reported_metrics(config.train.storage_path, "redo")
+    assert last["epoch"] == 4 and last["stopped_by_patience"] == 0

@@ -188,6 +188,19 @@ def make_tiny_bert(directory: Path, texts: list[str], num_labels: int = 2) -> Pa
     return Path(make(directory, texts, num_labels))
 
 
+def cpu_sample() -> tuple[float, float]:
+    """(CPU seconds used by this process so far, all threads; CPU seconds the whole machine has been
+    busy so far, from /proc/stat). Differences over a window say who used the cores during it."""
+    busy = 0.0
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        pass
+    return time.process_time(), busy
+
+
 # ---------------------------------------------------------------- a private Ray cluster
 
 @contextmanager
@@ -245,7 +258,7 @@ def train_log_events(session: str | None, since_ns: int = 0) -> list[dict]:
 def instrument(trainer, record_dir: str):
     """Wrap a TorchTrainer's worker function (arxivcls.train.train_loop_per_worker) with timestamps.
 
-    Inside the worker: every `collate` call (batch shapes, real tokens), every training loss, model
+    Inside the worker: every `collate` call (batch shapes, real tokens, cpu_sample()), every training loss, model
     load, prepare_model, each epoch's validation end, local checkpoint writing and `ray.train.report`.
     Rank 0 writes the record to record_dir/<pid>.json when the loop returns. Nothing in the loop changes.
     """
@@ -290,7 +303,7 @@ class _Instrumented:
                 t = time.time()
                 batch = fn(split, rows, *a, **k)
                 mask = batch["attention_mask"]
-                ev["collate"].append([t, int(mask.sum()), int(mask.shape[0]), int(mask.shape[1])])
+                ev["collate"].append([t, int(mask.sum()), int(mask.shape[0]), int(mask.shape[1]), *cpu_sample()])
                 return batch
             return collate
 
@@ -323,6 +336,23 @@ class _Instrumented:
             if ray.train.get_context().get_world_rank() == 0:
                 Path(self.record_dir).mkdir(parents=True, exist_ok=True)
                 Path(self.record_dir, f"{os.getpid()}-{time.time_ns()}.json").write_text(json.dumps(ev))
+
+
+def reports_to_file(path: Path):
+    """A Ray Train callback (it runs in the controller actor) that appends every reported metrics
+    dict to a JSON-lines file: all epochs, not only the checkpointed ones that Result lists."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class ReportsToFile(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(path, "a") as f:
+                f.write(json.dumps(metrics[0]) + "\n")
+
+    return ReportsToFile()
+
+
+def read_reports(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()] if Path(path).exists() else []
 
 
 def read_records(record_dir) -> list[dict]:

@@ -11,7 +11,14 @@ width 512 would take ~20 minutes for variant (a) alone on a 2-core CPU).
   (c) arxivcls: build_trainer -> Ray Train worker loop, TokenizedSplit in the object store,
       length-grouped batches padded to their longest row; train.max_steps_per_epoch = warmup + steps
 
-Step times come from a TrainerCallback (a, b) and from timestamps of the loop's own batch
+  (r) variant (b) unchanged, but run in a Ray task on a local Ray cluster: it separates what the
+      loop does from what running under Ray (its daemons share the cores) costs
+
+By default the variants run a,b,c,r,c,b in one process; a variant run twice counts with its
+median run. For each run the table also gives the cores the training process used and the cores
+every other process on the machine used during the timed steps (from /proc).
+
+Step times come from a TrainerCallback (a, b, r) and from timestamps of the loop's own batch
 collation (c, see benchmarks.common.instrument; the loop itself is unchanged). Padding efficiency
 = real tokens / computed tokens (sum of attention mask / batch x width) over the timed batches.
 """
@@ -24,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Report, instrument, label_ids, local_ray, md_table, met, read_records, sample_papers
+from benchmarks.common import (Report, cpu_sample, instrument, label_ids, local_ray, md_table, met, read_records,
+                               sample_papers)
 
 NAME = "train_throughput"
 
@@ -48,7 +56,7 @@ def hf_run(label, model_dir, id2label, features, tokenizer, *, padded, grouped, 
 
     class StepTimer(TrainerCallback):
         def on_step_end(self, *_, **__):
-            step_end.append(time.perf_counter())
+            step_end.append((time.perf_counter(), *cpu_sample()))
 
     cuda = torch.cuda.is_available()
     training_args = TrainingArguments(
@@ -66,8 +74,25 @@ def hf_run(label, model_dir, id2label, features, tokenizer, *, padded, grouped, 
     trainer.train()
     total = time.perf_counter() - started
     timed = records[args.warmup:args.warmup + args.steps]
-    seconds = step_end[args.warmup + args.steps - 1] - step_end[args.warmup - 1]
-    return summarize(label, timed, seconds, total_seconds=total)
+    first, last = step_end[args.warmup - 1], step_end[args.warmup + args.steps - 1]
+    return summarize(label, timed, *(b - a for a, b in zip(first, last)), total_seconds=total)
+
+
+def hf_run_in_ray(label, model_dir, id2label, features, tokenizer, *, args, workdir):
+    """Variant (b) unchanged, but in a Ray task on a local cluster like (c)'s: Ray's own processes
+    run beside it, as they do beside arxivcls's worker. Separates the loop from its surroundings."""
+    import ray
+
+    def task():
+        import torch
+
+        torch.set_num_threads(args.cpus)
+        return hf_run(label, model_dir, id2label, features, tokenizer, padded=False, grouped=True, args=args, workdir=workdir)
+
+    with local_ray(num_cpus=args.cpus) as cluster:
+        row = ray.get(ray.remote(num_cpus=args.cpus)(task).remote())
+    row["ray init s"] = cluster["init_seconds"]
+    return row
 
 
 def arxivcls_run(label, model_dir, id2label, token_lists, labels, *, args, workdir):
@@ -76,7 +101,7 @@ def arxivcls_run(label, model_dir, id2label, token_lists, labels, *, args, workd
 
     from arxivcls.config import TrainConfig
     from arxivcls.features import TokenizedSplit
-    from arxivcls.train import build_trainer
+    from arxivcls.train import build_trainer, last_reported_metrics
 
     with local_ray(num_cpus=args.cpus) as cluster:
         split = TokenizedSplit.from_lists(token_lists, labels)
@@ -85,7 +110,7 @@ def arxivcls_run(label, model_dir, id2label, token_lists, labels, *, args, workd
         train = TrainConfig(learning_rate=args.lr, batch_size=args.batch_size, epochs=1, weight_decay=0.01,
                             warmup_ratio=0.0, max_steps_per_epoch=args.warmup + args.steps, seed=args.seed,
                             cpus_per_worker=args.cpus, gpus_per_worker=1.0 if torch.cuda.is_available() else 0.0,
-                            eval_batch_size=16, storage_path=str(workdir / "runs"), max_failures=0)
+                            eval_batch_size=16, storage_path=str(workdir / "runs" / label[:3]), max_failures=0)
         trainer = instrument(build_trainer(train, loop_base, name="bench-train-throughput"), str(workdir / "records"))
         started = time.perf_counter()
         result = trainer.fit()
@@ -97,14 +122,17 @@ def arxivcls_run(label, model_dir, id2label, token_lists, labels, *, args, workd
     collates = record["collate"]  # training batches first, then validation batches
     timed = [{"real": c[1], "B": c[2], "W": c[3], "loss": loss}
              for c, loss in zip(collates[args.warmup:steps], record["loss"][args.warmup:steps])]
-    seconds = collates[steps][0] - collates[args.warmup][0]  # start of step warmup+1 .. start of validation
-    row = summarize(label, timed, seconds, total_seconds=total)
-    row["reported train_papers_per_s"] = float(result.metrics["train_papers_per_s"])
+    # start of step warmup+1 .. start of validation: wall s, the worker's CPU s, the machine's busy CPU s
+    first, last = collates[args.warmup], collates[steps]
+    row = summarize(label, timed, last[0] - first[0], last[4] - first[4], last[5] - first[5], total_seconds=total)
+    row["reported train_papers_per_s"] = float(last_reported_metrics(train.storage_path, "bench-train-throughput")["train_papers_per_s"])
     row["ray init s"] = cluster["init_seconds"]
     return row
 
 
-def summarize(label, timed, seconds, total_seconds):
+def summarize(label, timed, seconds, process_cpu_s, machine_cpu_s, total_seconds):
+    """`process_cpu_s`: CPU seconds of the process that trains (all its threads) during the timed
+    steps; `machine_cpu_s`: CPU seconds the whole machine was busy meanwhile (other processes too)."""
     papers = sum(r["B"] for r in timed)
     real = sum(r["real"] for r in timed)
     computed = sum(r["B"] * r["W"] for r in timed)
@@ -116,6 +144,7 @@ def summarize(label, timed, seconds, total_seconds):
         "padding efficiency": real / computed,
         "loss first 5": float(np.mean(losses[:k])), "loss last 5": float(np.mean(losses[-k:])),
         "run s (incl. warm-up, setup)": total_seconds,
+        "training process cores": process_cpu_s / seconds, "other processes cores": (machine_cpu_s - process_cpu_s) / seconds,
     }
 
 
@@ -146,7 +175,8 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs for the Ray cluster / the Ray Train worker")
-    parser.add_argument("--variants", default="a,b,c")
+    parser.add_argument("--variants", default="a,b,c,r,c,b",
+                        help="runs in order: a, b, c as above; r = (b) inside a Ray task on a local Ray cluster")
     args = parser.parse_args(argv)
 
     import torch
@@ -173,25 +203,37 @@ def main(argv=None):
     features_padded = Dataset.from_dict({**{k: v for k, v in padded.items()}, "labels": labels})
     features_dynamic = Dataset.from_dict({"input_ids": token_lists, "labels": labels})
 
-    rows = {}
+    runs = []  # one row per run, in run order; a variant may run more than once
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        workdir = Path(tmp)
-        for variant in args.variants.split(","):
-            print(f"--- variant {variant}", flush=True)
+        for i, variant in enumerate(args.variants.split(",")):
+            workdir = Path(tmp) / f"run{i}"
+            workdir.mkdir()
+            print(f"--- run {i + 1}: variant {variant}", flush=True)
             if variant == "a":
-                rows["a"] = hf_run("(a) HF Trainer, pad to 512", args.model_dir, id2label, features_padded, tokenizer,
-                                   padded=True, grouped=False, args=args, workdir=workdir)
+                row = hf_run("(a) HF Trainer, pad to 512", args.model_dir, id2label, features_padded, tokenizer,
+                             padded=True, grouped=False, args=args, workdir=workdir)
             elif variant == "b":
-                rows["b"] = hf_run("(b) HF Trainer, dynamic padding + group_by_length", args.model_dir, id2label,
-                                   features_dynamic, tokenizer, padded=False, grouped=True, args=args, workdir=workdir)
+                row = hf_run("(b) HF Trainer, dynamic padding + group_by_length", args.model_dir, id2label,
+                             features_dynamic, tokenizer, padded=False, grouped=True, args=args, workdir=workdir)
+            elif variant == "r":
+                row = hf_run_in_ray("(r) = (b) inside a Ray task on a local Ray cluster", args.model_dir, id2label,
+                                    features_dynamic, tokenizer, args=args, workdir=workdir)
             elif variant == "c":
-                rows["c"] = arxivcls_run("(c) arxivcls Ray Train loop", args.model_dir, id2label, token_lists, labels,
-                                         args=args, workdir=workdir)
-            print(rows[variant], flush=True)
+                row = arxivcls_run("(c) arxivcls Ray Train loop", args.model_dir, id2label, token_lists, labels,
+                                   args=args, workdir=workdir)
+            else:
+                raise SystemExit(f"error: unknown variant {variant!r} (a, b, c, r)")
+            row.update(key=variant, run=i + 1)
+            runs.append(row)
+            print(row, flush=True)
 
     plan = epoch_padding(lengths, args.batch_size, args.seed, args.max_length)
-    for key, row in rows.items():
-        row["epoch-plan padding eff."] = plan[key]
+    for row in runs:
+        row["epoch-plan padding eff."] = plan["a" if row["key"] == "a" else "b" if row["key"] in "br" else "c"]
+    rows = {}  # per variant: its median run by papers/s
+    for key in dict.fromkeys(r["key"] for r in runs):
+        mine = sorted((r for r in runs if r["key"] == key), key=lambda r: r["papers/s"])
+        rows[key] = mine[(len(mine) - 1) // 2]
 
     report.add(f"Model `{args.model}` ({args.model_dir}), {len(papers)} real papers (seed {args.seed}, "
                f"{len(id2label)} categories), max_length {args.max_length} (truncation), batch {args.batch_size}, "
@@ -202,16 +244,20 @@ def main(argv=None):
                f"{(lengths >= args.max_length).mean():.1%} truncated at {args.max_length}). "
                f"Tokenizing them once: {tokenize_s:.1f} s unpadded, {tokenize_padded_s:.1f} s padded to max_length "
                f"(not part of the timed steps).\n")
-    columns = ["variant", "timed steps", "timed s", "papers/s", "real tokens/s", "real tokens/paper", "mean width",
+    columns = ["run", "variant", "timed steps", "timed s", "papers/s", "real tokens/s", "real tokens/paper", "mean width",
                "padding efficiency", "epoch-plan padding eff.", "loss first 5", "loss last 5",
+               "training process cores", "other processes cores",
                "run s (incl. warm-up, setup)", "reported train_papers_per_s", "ray init s"]
     report.add("## Results\n")
-    report.add(md_table(list(rows.values()), columns))
+    report.add(md_table(runs, columns))
     report.add("`real tokens/paper` is the mean length of the papers in the timed batches (each variant sees "
                "its own epoch order); `epoch-plan padding eff.` is the padding efficiency of the whole first "
                "epoch's batch plan of that variant. `reported train_papers_per_s` is what the loop itself "
                "reports for its epoch (warm-up steps included). Loss: mean training loss of the first and last "
-               "5 timed steps.\n")
+               "5 timed steps. `training process cores`: CPU seconds of the process that trains (all its "
+               "threads) per second of the timed steps; `other processes cores`: CPU seconds every other process "
+               "on the machine used per second meanwhile (Ray's daemons, the benchmark's driver, other users). "
+               "A variant run more than once counts with its median run below.\n")
 
     if {"a", "b", "c"} <= set(rows):
         a, b, c = rows["a"], rows["b"], rows["c"]
@@ -228,6 +274,15 @@ def main(argv=None):
         ], ["target", "measured", "status"]))
         report.add("'No slower' allows 3% for run-to-run noise on this shared machine. "
                    f"(b) / (a) = {b['papers/s'] / a['papers/s']:.2f}x.\n")
+    if {"b", "c", "r"} <= set(rows):
+        b, c, r = rows["b"], rows["c"], rows["r"]
+        report.add("## Where a gap between (c) and (b) comes from\n")
+        report.add(md_table([
+            {"comparison": "(r) / (b): the same HF Trainer run, inside a Ray task vs in a plain process",
+             "papers/s": r["papers/s"] / b["papers/s"], "real tokens/s": r["real tokens/s"] / b["real tokens/s"]},
+            {"comparison": "(c) / (r): arxivcls's loop vs HF Trainer, both under Ray on the same cluster setup",
+             "papers/s": c["papers/s"] / r["papers/s"], "real tokens/s": c["real tokens/s"] / r["real tokens/s"]},
+        ], ["comparison", "papers/s", "real tokens/s"], floatfmt="{:.2f}x"))
     report.write()
     return rows
 

@@ -1,22 +1,22 @@
 """Training throughput: the original Hugging Face recipe vs the best of HF alone vs arxivcls's Ray Train loop.
 
 Same model, same seeded sample of real papers (text = title + " " + summary), truncation at
-max_length for all, batch 8, learning rate 5e-5 with a linear decay over the run, the same
-initial weights (seeded head). Each variant trains `--warmup` steps that are not timed, then the
-next `--steps` optimizer steps of its own first epoch are timed (a whole epoch of 2,000 papers at
-width 512 would take ~20 minutes for variant (a) alone on a 2-core CPU).
+max_length for all, batch 8, learning rate 5e-5 with a linear decay over one epoch, the same
+initial weights (seeded head). The first `--warmup` steps of each variant are not timed.
 
   (a) HF Trainer, padding="max_length" (every batch is 8 x 512), random order  -- the original recipe
   (b) HF Trainer, DataCollatorWithPadding + train_sampling_strategy="group_by_length"  -- best of HF alone
   (c) arxivcls: build_trainer -> Ray Train worker loop, TokenizedSplit in the object store,
-      length-grouped batches padded to their longest row; train.max_steps_per_epoch = warmup + steps
+      length-grouped batches padded to their longest row
+  (r) optional: variant (b) unchanged, but run in a Ray task on a local Ray cluster; it separates
+      what the loop does from what running under Ray costs
 
-  (r) variant (b) unchanged, but run in a Ray task on a local Ray cluster: it separates what the
-      loop does from what running under Ray (its daemons share the cores) costs
-
-By default the variants run a,b,c,r,c,b in one process; a variant run twice counts with its
-median run. For each run the table also gives the cores the training process used and the cores
-every other process on the machine used during the timed steps (from /proc).
+(b), (c) and (r) are timed over their whole epoch: they compute exactly the same papers, so their
+papers/s compare the same work (the cost of a token depends on the width of its batch, so a
+window of a few dozen steps favours whichever variant happens to draw narrower batches first).
+(a) computes 8 x 512 tokens per step whatever the papers, so `--steps` of it (48) give its rate
+(a whole epoch of (a) would take ~17 minutes on a 2-core CPU). The table also gives the cores the
+training process used and the cores every other process on the machine used meanwhile (/proc).
 
 Step times come from a TrainerCallback (a, b, r) and from timestamps of the loop's own batch
 collation (c, see benchmarks.common.instrument; the loop itself is unchanged). Padding efficiency
@@ -35,9 +35,10 @@ from benchmarks.common import (Report, cpu_sample, instrument, label_ids, local_
                                sample_papers)
 
 NAME = "train_throughput"
+LOSS_AT = 48  # the loss curves are compared over the first LOSS_AT timed steps, which every variant runs
 
 
-def hf_run(label, model_dir, id2label, features, tokenizer, *, padded, grouped, args, workdir):
+def hf_run(label, model_dir, id2label, features, tokenizer, *, padded, grouped, steps, args, workdir):
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
@@ -55,13 +56,14 @@ def hf_run(label, model_dir, id2label, features, tokenizer, *, padded, grouped, 
     model.register_forward_hook(forward_hook, with_kwargs=True)
 
     class StepTimer(TrainerCallback):
-        def on_step_end(self, *_, **__):
+        def on_step_end(self, _args, state, control, **__):
             step_end.append((time.perf_counter(), *cpu_sample()))
+            control.should_training_stop = state.global_step >= args.warmup + steps
 
     cuda = torch.cuda.is_available()
     training_args = TrainingArguments(
         output_dir=str(workdir / label), per_device_train_batch_size=args.batch_size,
-        max_steps=args.warmup + args.steps, learning_rate=args.lr, weight_decay=0.01, warmup_steps=0,
+        max_steps=epoch_steps(args), learning_rate=args.lr, weight_decay=0.01, warmup_steps=0,
         lr_scheduler_type="linear", max_grad_norm=1.0, seed=args.seed, data_seed=args.seed,
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
         dataloader_num_workers=0, use_cpu=not cuda, bf16=cuda,
@@ -73,8 +75,8 @@ def hf_run(label, model_dir, id2label, features, tokenizer, *, padded, grouped, 
     started = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - started
-    timed = records[args.warmup:args.warmup + args.steps]
-    first, last = step_end[args.warmup - 1], step_end[args.warmup + args.steps - 1]
+    timed = records[args.warmup:args.warmup + steps]
+    first, last = step_end[args.warmup - 1], step_end[args.warmup + steps - 1]
     return summarize(label, timed, *(b - a for a, b in zip(first, last)), total_seconds=total)
 
 
@@ -87,7 +89,8 @@ def hf_run_in_ray(label, model_dir, id2label, features, tokenizer, *, args, work
         import torch
 
         torch.set_num_threads(args.cpus)
-        return hf_run(label, model_dir, id2label, features, tokenizer, padded=False, grouped=True, args=args, workdir=workdir)
+        return hf_run(label, model_dir, id2label, features, tokenizer, padded=False, grouped=True,
+                      steps=epoch_steps(args) - args.warmup, args=args, workdir=workdir)
 
     with local_ray(num_cpus=args.cpus) as cluster:
         row = ray.get(ray.remote(num_cpus=args.cpus)(task).remote())
@@ -108,7 +111,7 @@ def arxivcls_run(label, model_dir, id2label, token_lists, labels, *, args, workd
         val = TokenizedSplit.from_lists(token_lists[:16], labels[:16])  # tiny: validation is not timed
         loop_base = {"model_dir": model_dir, "id2label": id2label, "data_ref": ray.put({"train": split, "val": val})}
         train = TrainConfig(learning_rate=args.lr, batch_size=args.batch_size, epochs=1, weight_decay=0.01,
-                            warmup_ratio=0.0, max_steps_per_epoch=args.warmup + args.steps, seed=args.seed,
+                            warmup_ratio=0.0, seed=args.seed,
                             cpus_per_worker=args.cpus, gpus_per_worker=1.0 if torch.cuda.is_available() else 0.0,
                             eval_batch_size=16, storage_path=str(workdir / "runs" / label[:3]), max_failures=0)
         trainer = instrument(build_trainer(train, loop_base, name="bench-train-throughput"), str(workdir / "records"))
@@ -118,7 +121,7 @@ def arxivcls_run(label, model_dir, id2label, token_lists, labels, *, args, workd
         if result.error:
             raise RuntimeError(f"variant {label} failed: {result.error}")
         record = read_records(workdir / "records")[-1]
-    steps = args.warmup + args.steps
+    steps = epoch_steps(args)  # the whole epoch, timed from step warmup + 1
     collates = record["collate"]  # training batches first, then validation batches
     timed = [{"real": c[1], "B": c[2], "W": c[3], "loss": loss}
              for c, loss in zip(collates[args.warmup:steps], record["loss"][args.warmup:steps])]
@@ -130,6 +133,10 @@ def arxivcls_run(label, model_dir, id2label, token_lists, labels, *, args, workd
     return row
 
 
+def epoch_steps(args) -> int:
+    return math.ceil(args.papers / args.batch_size)
+
+
 def summarize(label, timed, seconds, process_cpu_s, machine_cpu_s, total_seconds):
     """`process_cpu_s`: CPU seconds of the process that trains (all its threads) during the timed
     steps; `machine_cpu_s`: CPU seconds the whole machine was busy meanwhile (other processes too)."""
@@ -137,12 +144,11 @@ def summarize(label, timed, seconds, process_cpu_s, machine_cpu_s, total_seconds
     real = sum(r["real"] for r in timed)
     computed = sum(r["B"] * r["W"] for r in timed)
     losses = [r["loss"] for r in timed]
-    k = max(1, min(5, len(losses) // 4))
     return {
         "variant": label, "timed steps": len(timed), "timed s": seconds, "papers/s": papers / seconds,
         "real tokens/s": real / seconds, "real tokens/paper": real / papers, "mean width": computed / papers,
         "padding efficiency": real / computed,
-        "loss first 5": float(np.mean(losses[:k])), "loss last 5": float(np.mean(losses[-k:])),
+        "loss first 5": float(np.mean(losses[:5])), f"loss timed steps {LOSS_AT - 4}-{LOSS_AT}": float(np.mean(losses[LOSS_AT - 5:LOSS_AT])),
         "run s (incl. warm-up, setup)": total_seconds,
         "training process cores": process_cpu_s / seconds, "other processes cores": (machine_cpu_s - process_cpu_s) / seconds,
     }
@@ -168,14 +174,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm", help="minilm (offline) | scibert | a local model directory")
     parser.add_argument("--papers", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=48, help="timed optimizer steps per variant")
+    parser.add_argument("--steps", type=int, default=48,
+                        help="timed optimizer steps of (a): every one computes 8 x 512 tokens, whatever the papers")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs for the Ray cluster / the Ray Train worker")
-    parser.add_argument("--variants", default="a,b,c,r,c,b",
+    parser.add_argument("--variants", default="a,b,c",
                         help="runs in order: a, b, c as above; r = (b) inside a Ray task on a local Ray cluster")
     args = parser.parse_args(argv)
 
@@ -211,10 +218,11 @@ def main(argv=None):
             print(f"--- run {i + 1}: variant {variant}", flush=True)
             if variant == "a":
                 row = hf_run("(a) HF Trainer, pad to 512", args.model_dir, id2label, features_padded, tokenizer,
-                             padded=True, grouped=False, args=args, workdir=workdir)
+                             padded=True, grouped=False, steps=args.steps, args=args, workdir=workdir)
             elif variant == "b":
                 row = hf_run("(b) HF Trainer, dynamic padding + group_by_length", args.model_dir, id2label,
-                             features_dynamic, tokenizer, padded=False, grouped=True, args=args, workdir=workdir)
+                             features_dynamic, tokenizer, padded=False, grouped=True,
+                             steps=epoch_steps(args) - args.warmup, args=args, workdir=workdir)
             elif variant == "r":
                 row = hf_run_in_ray("(r) = (b) inside a Ray task on a local Ray cluster", args.model_dir, id2label,
                                     features_dynamic, tokenizer, args=args, workdir=workdir)
@@ -237,15 +245,15 @@ def main(argv=None):
 
     report.add(f"Model `{args.model}` ({args.model_dir}), {len(papers)} real papers (seed {args.seed}, "
                f"{len(id2label)} categories), max_length {args.max_length} (truncation), batch {args.batch_size}, "
-               f"lr {args.lr:g} linear decay, {args.warmup} untimed warm-up steps then {args.steps} timed optimizer "
-               f"steps of each variant's first epoch; {args.cpus} CPU threads per variant; variants run back to back "
+               f"lr {args.lr:g} linear decay over one epoch, {args.warmup} untimed warm-up steps, then (a) timed for "
+               f"{args.steps} steps and (b), (c), (r) for the rest of the epoch; {args.cpus} CPU threads per variant; variants run back to back "
                f"in this one process ({args.variants}).\n")
     report.add(f"Papers in the sample: {lengths.mean():.0f} tokens on average (median {np.median(lengths):.0f}, "
                f"{(lengths >= args.max_length).mean():.1%} truncated at {args.max_length}). "
                f"Tokenizing them once: {tokenize_s:.1f} s unpadded, {tokenize_padded_s:.1f} s padded to max_length "
                f"(not part of the timed steps).\n")
     columns = ["run", "variant", "timed steps", "timed s", "papers/s", "real tokens/s", "real tokens/paper", "mean width",
-               "padding efficiency", "epoch-plan padding eff.", "loss first 5", "loss last 5",
+               "padding efficiency", "epoch-plan padding eff.", "loss first 5", f"loss timed steps {LOSS_AT - 4}-{LOSS_AT}",
                "training process cores", "other processes cores",
                "run s (incl. warm-up, setup)", "reported train_papers_per_s", "ray init s"]
     report.add("## Results\n")
@@ -253,8 +261,9 @@ def main(argv=None):
     report.add("`real tokens/paper` is the mean length of the papers in the timed batches (each variant sees "
                "its own epoch order); `epoch-plan padding eff.` is the padding efficiency of the whole first "
                "epoch's batch plan of that variant. `reported train_papers_per_s` is what the loop itself "
-               "reports for its epoch (warm-up steps included). Loss: mean training loss of the first and last "
-               "5 timed steps. `training process cores`: CPU seconds of the process that trains (all its "
+               "reports for its epoch (warm-up steps included). Loss: mean training loss of the first 5 timed steps "
+               f"and of timed steps {LOSS_AT - 4}-{LOSS_AT} (every variant runs those; all decay the learning rate over "
+               "one epoch). `training process cores`: CPU seconds of the process that trains (all its "
                "threads) per second of the timed steps; `other processes cores`: CPU seconds every other process "
                "on the machine used per second meanwhile (Ray's daemons, the benchmark's driver, other users). "
                "A variant run more than once counts with its median run below.\n")

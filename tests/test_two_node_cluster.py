@@ -383,7 +383,7 @@ def test_worker_node_lost_mid_study_and_the_study_completes(two_node_cluster, tm
     shared = two_node_cluster.state_dir / "study-nodeloss"
     shared.mkdir()
     config = tiny_study_yaml(shared, papers_file, tiny_bert,
-                             train={"cpus_per_worker": 1, "epochs": 8, "max_failures": 3},
+                             train={"cpus_per_worker": 1, "epochs": 8, "max_failures": 3, "patience": 10},
                              tune={"num_samples": 2, "study": "nodeloss", "max_failures": 2,
                                    "search_space": {"learning_rate": {"type": "loguniform", "low": 5e-4, "high": 2e-3}}},
                              eval={"baseline": False, "logit_adjust": False})
@@ -416,7 +416,7 @@ def test_worker_node_lost_mid_study_and_the_study_completes(two_node_cluster, tm
     trials = pd.read_csv(shared / "results" / "nodeloss" / "trials.csv")
     assert len(trials) == 2 and trials.best_metric.notna().all()
     assert set(trials.status) <= {"completed", "stopped_by_asha", "stopped_by_patience"}
-    assert (trials.epochs_run == 8).any()
+    assert (trials.epochs_run == 8).any()  # patience off: only ASHA stops trials, never the better of the two at a rung
     import reliability
 
     reliability.record("fault", "worker node of a two-node cluster killed mid-study (raylet + workers, SIGKILL)",

@@ -321,9 +321,10 @@ def build_trainer(train: TrainConfig, loop_base: dict, name: str, callbacks=()):
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     # glibc hands every allocation above its mmap threshold (at most 32 MB, adjusted as it goes)
     # to a fresh mmap and unmaps it on free, so each training step page-faults in new zeroed pages
-    # for its large activations and gradients. In Ray Train workers this cost 15-25% of CPU step
-    # time (benchmarks/train_throughput: 4.9 -> 5.6-5.8 papers/s; py-spy showed munmap and libc
-    # page-zeroing beside the GEMMs). A fixed threshold keeps freed blocks in the heap for reuse.
+    # for its large activations and gradients. In Ray Train workers that made CPU training 12-18%
+    # slower (benchmarks/train_throughput: 4.4 -> 5.0 papers/s over 48 steps, 4.9 -> 5.6-5.8 over
+    # 24; py-spy showed munmap and libc page-zeroing beside the GEMMs). A fixed threshold keeps
+    # freed blocks in the heap for reuse.
     malloc_env = {name: os.environ.get(name, str(2**32)) for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
     use_gpu = train.gpus_per_worker > 0
     resources = {"CPU": train.cpus_per_worker, **({"GPU": train.gpus_per_worker} if use_gpu else {})}

@@ -371,10 +371,10 @@ def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
             # one row per epoch: a replayed result (see trial_driver) repeats epochs already reported
             frame = frame.dropna(subset=[metric]).drop_duplicates(subset="epoch", keep="last")
             last = frame.iloc[-1]
-            # the best epoch whose checkpoint is still on disk (Ray keeps the best and, on ties, the latest)
+            # the best epoch whose checkpoint is still on disk (only improving epochs have one)
             kept = frame[[checkpoint_exists(p) for p in frame.get("checkpoint_path", pd.Series([None] * len(frame)))]]
             candidates = kept if not kept.empty else frame
-            (best_index, _), = rank_by_score(list(zip(candidates.index, candidates[metric])), mode)[:1]
+            best_index = rank_by_score(list(zip(candidates.index, candidates[metric])), mode)[0][0]
             best_row = candidates.loc[best_index]
             row.update(epochs_run=int(frame.epoch.max()), planned_epochs=int(last.get("planned_epochs", 0) or 0),
                        best_metric=float(best_row[metric]), best_epoch=int(best_row.epoch),

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import (Report, instrument, local_ray, make_tiny_bert, md_table, met, read_records,
-                               session_dir, train_log_events, write_papers_file)
+from benchmarks.common import (Report, instrument, local_ray, make_tiny_bert, md_table, met, read_records, read_reports,
+                               reports_to_file, session_dir, train_log_events, write_papers_file)
 from benchmarks.hpo_efficiency import chdir
 
 NAME = "overhead"
@@ -99,7 +99,10 @@ def direct_run(inputs, train, name: str, workdir: Path) -> dict:
     from arxivcls.train import build_trainer
 
     record_dir = workdir / "records" / name
-    trainer = instrument(build_trainer(train, inputs["loop_base"], name=name), str(record_dir))
+    reports_file = workdir / "records" / f"{name}.jsonl"  # every epoch: Result lists only checkpointed ones
+    reports_file.parent.mkdir(parents=True, exist_ok=True)
+    trainer = instrument(build_trainer(train, inputs["loop_base"], name=name, callbacks=[reports_to_file(reports_file)]),
+                         str(record_dir))
     t0 = time.time()
     result = trainer.fit()
     t1 = time.time()
@@ -107,7 +110,7 @@ def direct_run(inputs, train, name: str, workdir: Path) -> dict:
         raise RuntimeError(f"{name} failed: {result.error}")
     rec = read_records(record_dir)[0]
     logs = log_breakdown(train_log_events(session_dir(), int((t0 - 1) * 1e9)), name)
-    history = result.metrics_dataframe
+    history = pd.DataFrame(read_reports(reports_file))
     epochs = float(history.epoch_seconds.sum())
     first_collate = rec["collate"][0][0]
     val_end, reports = rec["val_end"], rec["report"]
@@ -254,7 +257,9 @@ def main(argv=None):
 
     warm = [r for r in direct if r["run"] != "cold (first on cluster)"]
     mean_fixed = float(np.mean([r["fixed s"] for r in warm]))
-    study_fixed = float(np.mean([s["mean fixed s / trial"] for s in studies]))
+    one_at_a_time = [s for s in studies if s["concurrency"] == 1]
+    two_at_a_time = [s for s in studies if s["concurrency"] > 1]
+    study_fixed = float(np.mean([s["mean fixed s / trial"] for s in one_at_a_time])) if one_at_a_time else float("nan")
     report.add(f"Tiny random BERT (2 layers, width 32), max_length {args.max_length}, batch 32, {args.epochs} epochs per "
                f"trial, 1 CPU per trial (2 trials at a time in studies). Real papers: seeded samples of "
                f"{', '.join(str(n) for n in sorted(papers))} papers (80/10/10 split). Own local Ray cluster "
@@ -264,9 +269,13 @@ def main(argv=None):
     report.add(md_table([
         {"target": f"fixed cost per trial <= {TARGET_FIXED_S:.0f} s (CPU)",
          "measured": f"{mean_fixed:.1f} s per direct Ray Train run (warm, mean of {len(warm)}); "
-                     f"{study_fixed:.1f} s per trial inside studies (time_total_s - epochs)",
+                     f"{study_fixed:.1f} s per trial inside studies running one trial at a time (time_total_s - epochs)",
          "status": met(mean_fixed <= TARGET_FIXED_S and study_fixed <= TARGET_FIXED_S)},
     ], ["target", "measured", "status"]))
+    if two_at_a_time:
+        both = float(np.mean([s["mean fixed s / trial"] for s in two_at_a_time]))
+        report.add(f"In studies running two trials at a time, both start on the same 2 cores and each trial's fixed "
+                   f"seconds stretch to {both:.1f} s (section 3), {both / 2:.1f} s of study time per trial.\n")
 
     report.add("## 1. Tokenizing per trial vs once per study (MiniLM tokenizer, max_length "
                f"{args.tokenize_max_length}, training split)\n")

@@ -1,6 +1,7 @@
 from types import SimpleNamespace
 
 import pyarrow.fs
+import pytest
 
 from arxivcls.train import prune_checkpoints
 
@@ -55,3 +56,77 @@ def test_study_prune_trims_a_stopped_trials_run_and_leaves_errored_trials_alone(
     assert len(list((experiment / "train-errored").iterdir())) == 3  # may be resumed from its latest
     prune_study_checkpoints(grid, str(experiment), keep=1, metric="val_macro_f1", mode="max")
     assert [p.name for p in (experiment / "train-stopped").iterdir()] == ["checkpoint_1"]
+
+
+def write_fake_checkpoint(epoch: int):
+    def write(directory):
+        directory.mkdir()
+        (directory / "model.safetensors").write_text(f"epoch {epoch}")
+    return write
+
+
+def checkpoint_dirs(run):
+    return sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint_"))
+
+
+def test_publish_never_holds_more_than_keep_and_keeps_the_newest(tmp_path):
+    from arxivcls.train import newest_checkpoint, publish_checkpoint
+
+    run = tmp_path / "train-x"
+    for keep in (1, 2):
+        published = []
+        for epoch in range(1, 5):
+            published.append(publish_checkpoint(run, write_fake_checkpoint(epoch), keep).name)
+            assert checkpoint_dirs(run) == published[-keep:]  # the newest `keep`, nothing hidden left
+            assert sorted(p.name for p in run.iterdir()) == published[-keep:]
+        assert (newest_checkpoint(run) / "model.safetensors").read_text() == "epoch 4"
+        for path in run.iterdir():
+            path.rename(tmp_path / f"old-{keep}-{path.name}")
+
+
+def test_a_crash_while_writing_keeps_the_old_checkpoint(tmp_path):
+    from arxivcls.train import newest_checkpoint, publish_checkpoint
+
+    run = tmp_path / "train-x"
+    old = publish_checkpoint(run, write_fake_checkpoint(1), keep=1)
+
+    def crash(directory):
+        directory.mkdir()
+        (directory / "model.safetensors").write_text("half")
+        raise KeyboardInterrupt  # the process dies mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        publish_checkpoint(run, crash, keep=1)
+    assert checkpoint_dirs(run) == [old.name] and newest_checkpoint(run) == old  # the half-written one is hidden
+    new = publish_checkpoint(run, write_fake_checkpoint(2), keep=1)  # the next publish tidies up
+    assert sorted(p.name for p in run.iterdir()) == [new.name]
+
+
+@pytest.mark.parametrize("crash_after", ["retire", "rename"])
+def test_a_crash_mid_swap_resumes_from_the_new_checkpoint(tmp_path, monkeypatch, crash_after):
+    """keep=1: the old checkpoint is moved aside, then the new one renamed into place, then the
+    old one deleted. A crash after either rename still leaves the new checkpoint to resume from."""
+    import pathlib
+
+    from arxivcls.train import newest_checkpoint, publish_checkpoint
+
+    run = tmp_path / "train-x"
+    publish_checkpoint(run, write_fake_checkpoint(1), keep=1)
+    renames = {"retire": 1, "rename": 2}[crash_after]
+    real_rename, calls = pathlib.Path.rename, []
+
+    def rename_then_die(self, target):
+        moved = real_rename(self, target)
+        calls.append(target)
+        if len(calls) == renames:
+            raise KeyboardInterrupt
+        return moved
+
+    monkeypatch.setattr(pathlib.Path, "rename", rename_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        publish_checkpoint(run, write_fake_checkpoint(2), keep=1)
+    monkeypatch.undo()
+    assert len(checkpoint_dirs(run)) <= 1
+    assert (newest_checkpoint(run) / "model.safetensors").read_text() == "epoch 2"
+    third = publish_checkpoint(run, write_fake_checkpoint(3), keep=1)
+    assert sorted(p.name for p in run.iterdir()) == [third.name]

@@ -102,7 +102,7 @@ def is_local(storage: str) -> bool:
 
 
 def visible_checkpoints(run_dir: Path) -> list[Path]:
-    """A run's checkpoint directories, oldest first (their names are timestamps)."""
+    """A run's checkpoint directories, oldest first (their names are UTC timestamps)."""
     return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
 
 
@@ -138,7 +138,7 @@ def publish_checkpoint(run_dir: Path, write, keep: int) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     finish_interrupted_publish(run_dir)
     now = time.time_ns()
-    name = f"checkpoint_{time.strftime('%Y-%m-%d_%H-%M-%S', time.localtime(now // 10**9))}.{now % 10**9:09d}"
+    name = f"checkpoint_{time.strftime('%Y-%m-%d_%H-%M-%S', time.gmtime(now // 10**9))}.{now % 10**9:09d}"
     incoming = run_dir / f"{INCOMING}{name}"
     write(incoming)
     kept = visible_checkpoints(run_dir)

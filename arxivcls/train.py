@@ -392,7 +392,7 @@ def prepare_inputs(config: Config, log=print) -> dict:
 
 
 def storage_uri(path: str) -> str:
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    return str(Path(path).expanduser().resolve()) if is_local(path) else path
 
 
 def build_trainer(train: TrainConfig, loop_base: dict, name: str, callbacks=(), loop=train_loop_per_worker):
@@ -438,7 +438,7 @@ def export_model(checkpoint_path: str, output_dir: str) -> str:
     output = Path(output_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.staging-"))
-    fs, root = pyarrow.fs.FileSystem.from_uri(checkpoint_path if "://" in checkpoint_path else Path(checkpoint_path).resolve().as_uri())
+    fs, root = resolve_filesystem(checkpoint_path)
     for info in fs.get_file_info(pyarrow.fs.FileSelector(root)):
         if info.type == pyarrow.fs.FileType.File and info.base_name != TRAINING_STATE:
             with fs.open_input_stream(info.path) as src, open(staging / info.base_name, "wb") as dst:
@@ -499,7 +499,7 @@ def resolve_filesystem(path: str):
     """(pyarrow filesystem, path inside it) for a local path or a URI (s3://, gs://, ...)."""
     import pyarrow.fs
 
-    return pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).resolve().as_uri())
+    return pyarrow.fs.FileSystem.from_uri(Path(path).resolve().as_uri() if is_local(path) else path)
 
 
 def _run_file(storage_path: str, run_name: str, file_name: str):
@@ -508,7 +508,7 @@ def _run_file(storage_path: str, run_name: str, file_name: str):
 
 def write_run_file(storage_path: str, run_name: str, file_name: str, text: str) -> None:
     """A small file next to a Train run's checkpoints (local, NFS or s3://); atomic on local disks."""
-    if "://" not in storage_path:
+    if is_local(storage_path):
         atomic_write_text(Path(storage_path) / run_name / file_name, text)
         return
     fs, path = _run_file(storage_path, run_name, file_name)

@@ -85,7 +85,7 @@ def test_checkpoints_retained_and_best_model_exported(study):
         assert not list(run.glob(".incoming-*")) + list(run.glob(".retired-*"))  # no half-done publish left
         scores = history[history.trial_id == trial.trial_id].sort_values("epoch").val_macro_f1
         improving_epochs = int((scores > scores.cummax().shift(fill_value=-1.0)).sum())
-        # only epochs that improved the metric were checkpointed (Ray's "latest" is then a best one)
+        # only epochs that improved the metric were checkpointed (the newest is then the best)
         assert len(study["seen_checkpoints"][f"train-{trial.trial_id}"]) <= improving_epochs
     import reliability
 

@@ -45,7 +45,7 @@ class TrainConfig:
     loss: str = "ce"  # ce | weighted_ce (inverse-sqrt-frequency class weights)
     label_smoothing: float = 0.0
     patience: int = 2  # epochs without improvement of the tuning metric before stopping
-    precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, fp16 on old GPUs, else fp32) | fp32 | bf16 | fp16
     eval_batch_size: int = 64
     max_steps_per_epoch: int = 0  # 0 = whole epoch; > 0 caps batches per epoch (smoke tests, benchmarks)
     num_workers: int = 1  # Ray Train workers per run (DDP when > 1)

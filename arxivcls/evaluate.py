@@ -25,10 +25,10 @@ class Predictor:
     Used as a Ray Data actor (map_batches) and directly by `predict` and the in-process loop.
     """
 
-    def __init__(self, model_dir: str, max_length: int = 512, num_threads: int = 0):
+    def __init__(self, model_dir: str, max_length: int = 512, num_threads: int = 0, precision: str = "auto"):
         import torch
 
-        from arxivcls.models import load_classifier, load_tokenizer
+        from arxivcls.models import autocast_dtype, load_classifier, load_tokenizer
 
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -36,13 +36,14 @@ class Predictor:
         self.model = load_classifier(model_dir).to(self.device).eval()
         self.tokenizer = load_tokenizer(model_dir)
         self.max_length = max_length
+        self.amp_dtype = autocast_dtype(precision, self.device)  # training's rule: bf16 where the hardware has it
 
     def predict(self, texts: list[str]) -> np.ndarray:
         import torch
 
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
                                  padding="longest", return_tensors="pt")  # dynamic padding
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.model(input_ids=encoded["input_ids"].to(self.device),
                                 attention_mask=encoded["attention_mask"].to(self.device)).logits
         return torch.softmax(logits.float(), dim=-1).cpu().numpy()
@@ -56,8 +57,9 @@ def length_sorted(texts: list[str]) -> np.ndarray:
     return np.argsort(-np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
 
 
-def predict_in_process(model_dir: str, texts: list[str], max_length: int = 512, batch_size: int = 32) -> np.ndarray:
-    predictor = Predictor(model_dir, max_length)
+def predict_in_process(model_dir: str, texts: list[str], max_length: int = 512, batch_size: int = 32,
+                       precision: str = "auto") -> np.ndarray:
+    predictor = Predictor(model_dir, max_length, precision=precision)
     order = length_sorted(texts)
     probs = None
     for start in range(0, len(texts), batch_size):
@@ -69,7 +71,7 @@ def predict_in_process(model_dir: str, texts: list[str], max_length: int = 512, 
 
 
 def predict_with_ray_data(model_dir: str, texts: list[str], max_length: int = 512, batch_size: int = 32,
-                          num_actors: int = 0) -> np.ndarray:
+                          num_actors: int = 0, precision: str = "auto") -> np.ndarray:
     """Batch inference over an actor pool: one model copy per actor, GPUs when the cluster has them."""
     import ray
 
@@ -82,7 +84,8 @@ def predict_with_ray_data(model_dir: str, texts: list[str], max_length: int = 51
     # One block per batch keeps the length order intact and lets actors take batches as they free up.
     dataset = ray.data.from_pandas([table.iloc[s:s + batch_size] for s in range(0, len(table), batch_size)])
     predictions = dataset.map_batches(
-        Predictor, fn_constructor_kwargs={"model_dir": model_dir, "max_length": max_length, "num_threads": 1 if gpus < 1 else 0},
+        Predictor, fn_constructor_kwargs={"model_dir": model_dir, "max_length": max_length, "num_threads": 1 if gpus < 1 else 0,
+                               "precision": precision},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_gpus=1 if gpus >= 1 else 0, num_cpus=1,
     ).to_pandas()
@@ -127,6 +130,7 @@ def evaluate_study(results_dir, extra_models: dict | None = None, address: str |
     prepared = load_prepared(study["prepared_data"])
     config = study["config"]
     max_length, batch_size = config["data"]["max_length"], config["eval"]["batch_size"]
+    precision = config["train"].get("precision", "auto")  # inference in the precision the models trained in
     models = dict(study["models"])
     for name, path in (extra_models or {}).items():
         if not (Path(path) / "config.json").is_file():
@@ -141,14 +145,15 @@ def evaluate_study(results_dir, extra_models: dict | None = None, address: str |
     probs, seconds = {}, {}
     for name, model_dir in models.items():
         started = time.perf_counter()
-        probs[name] = predict_with_ray_data(model_dir, texts, max_length, batch_size, config["eval"]["num_actors"])
+        probs[name] = predict_with_ray_data(model_dir, texts, max_length, batch_size, config["eval"]["num_actors"], precision)
         seconds[name] = time.perf_counter() - started
         log(f"evaluated {name} on {len(texts)} test papers in {seconds[name]:.1f}s")
 
     tau = None
     if config["eval"].get("logit_adjust", True) and "tuned" in models:
         val = prepared.load_split("val")
-        val_probs = predict_with_ray_data(models["tuned"], val.text.tolist(), max_length, batch_size, config["eval"]["num_actors"])
+        val_probs = predict_with_ray_data(models["tuned"], val.text.tolist(), max_length, batch_size,
+                                          config["eval"]["num_actors"], precision)
         counts = np.array([prepared.train_counts[c] for c in label_names], dtype=np.float64)
         prior = counts / counts.sum()
         tau = choose_tau(val_probs, val.label.to_numpy(), prior)

@@ -45,6 +45,33 @@ def resolve_model(name: str) -> str:
                         f"nor reachable on the Hugging Face hub ({reason}); {OFFLINE_HINT}")
 
 
+def cpu_has_native_bf16() -> bool:
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence the getattr
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def autocast_dtype(precision: str, device):
+    """The dtype to autocast to for `precision` on `device`, or None for plain fp32.
+
+    auto: bf16 where the hardware multiplies it natively (CUDA GPUs from Ampere on, CPUs with
+    AVX512-BF16 or AMX), fp16 on older CUDA GPUs, fp32 elsewhere (MPS, older CPUs). Weights,
+    gradients and optimizer state stay fp32 in every case; only the matmuls' inputs are cast.
+    """
+    import torch
+
+    if precision == "fp32" or device.type not in ("cuda", "cpu"):
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16 if device.type == "cuda" else None  # fp16 autocast is a CUDA feature here
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
 def load_tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 

@@ -43,14 +43,6 @@ def pick_device(train: TrainConfig, world_size: int) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast_dtype(train: TrainConfig, device: torch.device):
-    if device.type != "cuda" or train.precision == "fp32":
-        return None
-    if train.precision == "fp16" or (train.precision == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
-
-
 def class_weights(train_labels: np.ndarray, num_labels: int) -> torch.Tensor:
     """Inverse square-root frequency, mean 1 over the classes present: a softer push than 1/n."""
     counts = np.bincount(train_labels, minlength=num_labels).astype(np.float64)
@@ -173,7 +165,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     from arxivcls.metrics import classification_metrics
-    from arxivcls.models import load_classifier, load_tokenizer
+    from arxivcls.models import autocast_dtype, load_classifier, load_tokenizer
 
     train = TrainConfig(**loop_config["train"])
     context = ray.train.get_context()
@@ -182,7 +174,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     np.random.seed(train.seed)
     torch.set_num_threads(max(1, train.cpus_per_worker))
     device = pick_device(train, world_size)
-    amp_dtype = autocast_dtype(train, device)
+    amp_dtype = autocast_dtype(train.precision, device)
     print(f"worker {rank}/{world_size} on node {ray.get_runtime_context().get_node_id()} device {device}", flush=True)
 
     data = ray.get(loop_config["data_ref"])

@@ -171,8 +171,9 @@ def main(argv=None):
     report.add(md_table(fixed))
     report.add("## Agreement (sanity check: batching and padding must not change predictions)\n")
     report.add("ray_data vs bare: the same precision, other batching across actors. Against the fp32 loop, bf16 "
-               "rounding can move probabilities by ~1e-2 and flip the top-1 of papers whose two best classes are "
-               "that close: these heads are untrained (random), so their 80-way probabilities are nearly flat.\n")
+               "rounding moves the probabilities a little and can flip the top-1 of papers whose two best classes "
+               "are that close: these heads are untrained (random), so their 80-way probabilities are nearly flat "
+               "(all near 1/80).\n")
     report.add(md_table(agreement, floatfmt="{:.4g}"))
     report.add("## Targets\n")
     report.add(md_table([

@@ -99,7 +99,7 @@ def load_classifier(model_dir: str, id2label: dict | None = None):
         transformers.logging.set_verbosity(verbosity)
 
 
-def make_tiny_bert(directory, texts: list[str], num_labels: int = 2):
+def make_tiny_bert(directory, texts: list[str], num_labels: int = 2, seed: int = 0):
     """A 2-layer, 32-wide random BERT with a WordPiece tokenizer trained on `texts`.
 
     Same BertForSequenceClassification code path as SciBERT, in seconds and with no network:
@@ -121,6 +121,11 @@ def make_tiny_bert(directory, texts: list[str], num_labels: int = 2):
                         intermediate_size=64, max_position_embeddings=512, num_labels=num_labels)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    BertForSequenceClassification(config).save_pretrained(directory, safe_serialization=True)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # seeded weights: the same "pretrained" model on every call
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config)
+    model.save_pretrained(directory, safe_serialization=True)
     fast.save_pretrained(directory)
     return directory

@@ -129,7 +129,7 @@ def plain_optuna(config, inputs, seed: int, cpus: int) -> dict:
     wall = time.perf_counter() - started
     return {"approach": "(a) plain Optuna, full budget", "trials": len(study.trials), "trial-epochs": sum(epochs_run),
             "wall s": wall, "best val_macro_f1": study.best_value,
-            "best trial val_accuracy": accuracy[study.best_trial.number],
+            "best trial val_accuracy": accuracy[study.best_trial.number], "best trial": f"#{study.best_trial.number + 1}",
             "stopped early": 0, "curves": curves, "params": params_list}
 
 
@@ -185,16 +185,18 @@ def arxivcls_study(config, workdir: Path) -> dict:
             "trial-epochs": int(study["trial_epochs"]), "wall s": wall, "best val_macro_f1": float(best.best_metric),
             "best trial val_accuracy": float(best.get("best_val_accuracy", float("nan"))),
             "stopped early": int(statuses.get("stopped_by_asha", 0) + statuses.get("stopped_by_patience", 0)),
-            "statuses": ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())), "curves": curves}
+            "statuses": ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())), "curves": curves,
+            "best params": {k[2:]: best[k] for k in trials.columns if k.startswith("p_")}}
+
+
+def same(params_a: dict, params_b: dict) -> bool:
+    """The same hyperparameters (trials.csv holds 5 significant digits)."""
+    return all(math.isclose(params_b[k], v, rel_tol=1e-4) if isinstance(v, float) else params_b[k] == v
+               for k, v in params_a.items())
 
 
 def same_configurations(a: dict, b: dict) -> list[dict]:
-    """(b)'s trials whose hyperparameters equal one of (a)'s: do their learning curves agree?
-    (trials.csv and history.csv hold 5 significant digits.)"""
-    def same(params_a: dict, params_b: dict) -> bool:
-        return all(math.isclose(params_b[k], v, rel_tol=1e-4) if isinstance(v, float) else params_b[k] == v
-                   for k, v in params_a.items())
-
+    """(b)'s trials whose hyperparameters equal one of (a)'s: do their learning curves agree?"""
     rows = []
     for params_b, curve_b in b["curves"].values():
         for number, (params_a, curve_a) in enumerate(zip(a["params"], a["curves"])):
@@ -240,8 +242,11 @@ def main(argv=None):
                 else:
                     result["b"] = arxivcls_study(config, workdir)
                 print(result[approach], flush=True)
+            # Which configuration won (b): one (a) also trained, or one only (b)'s sampler proposed?
+            matches = [n + 1 for n, params in enumerate(result["a"]["params"]) if same(params, result["b"]["best params"])]
+            result["b"]["best trial"] = f"(a)'s #{matches[0]}" if matches else "not one of (a)'s"
             for key in ("a", "b"):
-                rows.append({"seed": seed, **{k: v for k, v in result[key].items() if k not in ("curves", "params")}})
+                rows.append({"seed": seed, **{k: v for k, v in result[key].items() if k not in ("curves", "params", "best params")}})
             same_rows += [{"seed": seed, **row} for row in same_configurations(result["a"], result["b"])]
             curves = result["a"]["curves"]
             full = max(max(c) for c in curves)
@@ -269,7 +274,9 @@ def main(argv=None):
         f"warmup 0.05, ce, no label smoothing.\n")
     report.add("## Runs\n")
     report.add(md_table(rows, ["seed", "approach", "trials", "trial-epochs", "wall s", "best val_macro_f1",
-                               "best trial val_accuracy", "stopped early", "statuses"], floatfmt="{:.4g}"))
+                               "best trial val_accuracy", "best trial", "stopped early", "statuses"], floatfmt="{:.4g}"))
+    report.add("`best trial`: the trial that reached the best F1; for (b), which of (a)'s trials had the same "
+               "configuration (the first five configurations of both come from the same seeded sampler).\n")
     report.add("## (b) relative to (a)\n")
     report.add(md_table(pairs, floatfmt="{:.3f}"))
     report.add("## The same configuration in both approaches\n")

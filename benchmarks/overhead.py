@@ -303,8 +303,10 @@ def main(argv=None):
         x = np.array([s["trials"] for s in by_trials], dtype=float)
         y = np.array([s["study wall s"] for s in by_trials])
         slope, intercept = np.polyfit(x, y, 1)
+        at_a_time = max(s["concurrency"] for s in by_trials)
         report.add(f"Least squares over the {args.base_size}-paper studies: study wall s = {intercept:.1f} + "
-                   f"{slope:.1f} x trials (2 trials run at a time, so each trial occupies a slot for ~{2 * slope:.1f} s).\n")
+                   f"{slope:.1f} x trials (at most {at_a_time} trial(s) at a time, so each trial occupies a slot "
+                   f"for ~{at_a_time * slope:.1f} s).\n")
     report.write()
 
 

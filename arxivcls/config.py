@@ -76,8 +76,12 @@ class TuneConfig:
         "loss": {"type": "choice", "values": ["ce", "weighted_ce"]},
         "label_smoothing": {"type": "uniform", "low": 0.0, "high": 0.1},
     })
-    grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
-    reduction_factor: int = 2
+    # asha: Ray's asynchronous successive halving (no trial ever waits; right for many trials).
+    # sync: synchronous successive halving (arxivcls.halving): trials wait at each rung until all
+    # have reached it; spends less in small studies, where ASHA's first trials run the full budget.
+    scheduler: str = "asha"
+    grace_period: int = 1  # epochs every trial gets before it can be stopped
+    reduction_factor: int = 2  # the best 1/reduction_factor of the trials at a rung go on
     max_concurrent: int = 0  # 0 = as many as the cluster's free resources fit
     max_failures: int = 1  # Tune retries of a failed trial (Train resumes from its checkpoint)
     seed: int = 42
@@ -255,6 +259,7 @@ def validate(config: Config) -> None:
     _check(tu.max_failures >= 0, "tune.max_failures must be >= 0")
     _check(tu.grace_period >= 1 and tu.reduction_factor >= 2, "tune.grace_period must be >= 1 and tune.reduction_factor >= 2")
     _check(tu.max_concurrent >= 0, "tune.max_concurrent must be >= 0")
+    _check(tu.scheduler in {"asha", "sync"}, f"tune.scheduler must be 'asha' or 'sync', got '{tu.scheduler}'")
     _check(bool(tu.study) and "/" not in tu.study and tu.study not in {".", ".."}, "tune.study must be a plain name")
     _check(tu.metric.startswith("val_"), f"tune.metric must be a validation metric (val_...), got '{tu.metric}'")
     validate_search_space(tu.search_space, config.train)

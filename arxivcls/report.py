@@ -21,8 +21,9 @@ from arxivcls.metrics import SIZE_BIN_LABELS
 COMPARISON_COLUMNS = ["accuracy", "macro_f1", "weighted_f1", "top3_accuracy", "ece", "mean_confidence", "inference_seconds"]
 SMALL_BINS = SIZE_BIN_LABELS[:2]  # categories with at most 100 training papers
 # Ray Tune reports TERMINATED both for trials that ran to the end and for those ASHA stopped,
-# so tuning.py labels each trial itself: completed | stopped_by_asha | stopped_by_patience | error.
-ASHA_STATUSES = {"stopped_by_asha", "stopped_early", "pruned"}
+# so tuning.py labels each trial itself: completed | stopped_by_asha (or stopped_by_halving, the
+# synchronous rule) | stopped_by_patience | error.
+ASHA_STATUSES = {"stopped_by_asha", "stopped_by_halving", "stopped_early", "pruned"}
 PATIENCE_STATUSES = {"stopped_by_patience"}
 ERROR_STATUSES = {"error", "failed"}
 

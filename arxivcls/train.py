@@ -29,6 +29,7 @@ FINAL_RESULT = "final_result.json"  # a finished run's result, replayed if Tune 
 LAST_REPORT = "last_report.json"
 # A checkpoint being written, and one being replaced: hidden names, never counted as checkpoints.
 INCOMING, RETIRED = ".incoming-", ".retired-"
+RUNG_WAIT_TIMEOUT_S = 900.0  # a rung decision that never comes must not hold a worker forever
 
 
 # ---------------------------------------------------------------- helpers used by the loop
@@ -157,6 +158,26 @@ def restore_point(loop_config: dict):
         yield Path(checkpoint_dir)
 
 
+def continue_marker(epoch: int) -> str:
+    """The run file that lets a trial train past rung `epoch` of synchronous successive halving."""
+    return f"continue_after_epoch_{epoch}"
+
+
+def mark_continue(storage_path: str, trial_id: str, epoch: int) -> None:
+    write_run_file(storage_path, f"train-{trial_id}", continue_marker(epoch), "")
+
+
+def wait_for_rung(loop_config: dict, epoch: int, poll_s: float = 0.2) -> None:
+    """Hold at a rung epoch until the study lets this trial go on (arxivcls.halving). A trial the
+    study pauses or stops is killed while it waits, so it never trains an epoch nobody asked for."""
+    deadline = time.monotonic() + RUNG_WAIT_TIMEOUT_S
+    while read_run_file(loop_config["run_storage"], loop_config["run_name"], continue_marker(epoch)) is None:
+        if time.monotonic() > deadline:
+            print(f"no decision at rung epoch {epoch} after {RUNG_WAIT_TIMEOUT_S:.0f}s: going on", flush=True)
+            return
+        time.sleep(poll_s)
+
+
 # ---------------------------------------------------------------- the per-worker loop
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -209,15 +230,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
     weights = class_weights(train_split.labels, len(id2label)).to(device) if train.loss == "weighted_ce" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=train.label_smoothing)
 
-    start_epoch, best, bad_epochs, reported_epochs = 0, None, 0, 0
+    # trained_epochs counts every epoch computed, the ones redone after a restart included: what
+    # a study really spent (epochs_run counts distinct epochs).
+    start_epoch, best, bad_epochs, reported_epochs, trained_epochs = 0, None, 0, 0, 0
     if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best, bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
         torch.set_rng_state(state["torch_rng"])
-        reported_epochs = (last_reported_metrics(loop_config["run_storage"], loop_config["run_name"]) or {}).get("epoch", 0)
+        last = last_reported_metrics(loop_config["run_storage"], loop_config["run_name"]) or {}
+        reported_epochs = last.get("epoch", 0)
+        trained_epochs = last.get("trained_epochs", reported_epochs)
         if rank == 0:
             print(f"resumed from checkpoint after epoch {start_epoch}")
+    wait_at_epochs = set(loop_config.get("wait_at_epochs", ()))
 
     pad_multiple = 8 if device.type == "cuda" else 1
     val_rows = np.arange(rank, len(val_split), world_size)
@@ -243,6 +269,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             loss_total += loss.item() * len(rows)
             papers += len(rows)
         train_seconds = time.perf_counter() - started
+        trained_epochs += 1
         if epoch < reported_epochs:
             # Redoing an epoch after the best checkpoint that was already reported before the
             # restart: it did not improve then (or it would have a checkpoint), and reporting it
@@ -262,7 +289,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics = {f"val_{k}": float(v) for k, v in scores.items()}
         metrics.update(
             val_loss=val_loss_sum / max(1, len(labels)), train_loss=loss_total / max(1, papers),
-            epoch=epoch + 1, planned_epochs=train.epochs,
+            epoch=epoch + 1, planned_epochs=train.epochs, trained_epochs=trained_epochs,
             epoch_seconds=time.perf_counter() - started, train_papers_per_s=papers * world_size / train_seconds,
         )
         improved = better(metrics[train.metric], best, train.mode)
@@ -305,6 +332,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if rank == 0:
                 print(f"early stop: {train.metric} did not improve for {train.patience} epochs", flush=True)
             break
+        if epoch + 1 in wait_at_epochs and epoch + 1 < train.epochs:
+            wait_for_rung(loop_config, epoch + 1)
 
 
 # ---------------------------------------------------------------- one Ray Train run (driver side)
@@ -387,9 +416,42 @@ def storage_uri(path: str) -> str:
     return str(Path(path).expanduser().resolve()) if is_local(path) else path
 
 
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's list of a run's reported checkpoints
+
+
+def forget_deleted_checkpoints(run_dir: Path) -> None:
+    """Ray Train restarts a run under an existing name (a Tune retry, a trial resumed after a
+    pause) only if every checkpoint its snapshot lists still exists; publish_checkpoint deletes all
+    but `keep`. Drop the deleted ones from the snapshot (atomically; an unknown format is left alone)."""
+    path = run_dir / RAY_SNAPSHOT
+    if not path.is_file():
+        return
+    snapshot = json.loads(path.read_text())
+    results, indices = snapshot.get("checkpoint_results"), snapshot.get("checkpoint_report_indices")
+    if not isinstance(results, list) or not isinstance(indices, list) or len(results) != len(indices):
+        return
+    kept = [(r, i) for r, i in zip(results, indices) if (run_dir / r.get("checkpoint_dir_name", "")).is_dir()]
+    if len(kept) == len(results):
+        return
+    snapshot["checkpoint_results"] = [r for r, _ in kept]
+    snapshot["checkpoint_report_indices"] = [i for _, i in kept]
+    names = {r["checkpoint_dir_name"] for r, _ in kept}
+    latest = snapshot.get("latest_checkpoint_result")
+    if latest is not None and latest.get("checkpoint_dir_name") not in names:
+        snapshot["latest_checkpoint_result"] = kept[-1][0] if kept else None
+    pending = [(r, v) for r, v in zip(snapshot.get("pending_training_results", []), snapshot.get("pending_validation_specs", []))
+               if r.get("checkpoint_dir_name") in names]
+    snapshot["pending_training_results"] = [r for r, _ in pending]
+    snapshot["pending_validation_specs"] = [v for _, v in pending]
+    atomic_write_text(path, json.dumps(snapshot))
+
+
 def build_trainer(train: TrainConfig, loop_base: dict, name: str, callbacks=(), loop=train_loop_per_worker):
     import ray.train
     from ray.train.torch import TorchTrainer
+
+    if is_local(train.storage_path):
+        forget_deleted_checkpoints(Path(storage_uri(train.storage_path)) / name)
 
     # The controller polls its workers every 2 s by default and notices a finished loop only at
     # the next poll: ~3 s of every trial's fixed cost (benchmarks/overhead: 13.2 s -> 10.3 s).

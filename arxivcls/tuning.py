@@ -62,6 +62,11 @@ def _budget_aware_searcher_class():
     from ray.tune.search.optuna import OptunaSearch
 
     class BudgetAwareOptunaSearch(OptunaSearch):
+        def on_trial_result(self, trial_id, result):
+            # Optuna's step is the epoch: a trial restarted after a pause (tune.scheduler: sync)
+            # counts Tune's training_iteration from 1 again, and Optuna ignores repeated steps.
+            super().on_trial_result(trial_id, {**result, "training_iteration": result.get("epoch", result.get("training_iteration"))})
+
         def on_trial_complete(self, trial_id, result=None, error=False):
             stopped_early = (result and not error and not result.get("stopped_by_patience")
                              and result.get("epoch", 0) < result.get("planned_epochs", 0))
@@ -181,6 +186,32 @@ def trial_driver(config: dict, base: dict) -> None:
     prune_checkpoints(result, train.checkpoint_keep, train.metric, train.mode)
 
 
+# ---------------------------------------------------------------- the early-stopping rule
+
+def make_scheduler(config: Config, loop_base: dict, max_epochs: int, concurrency: int, experiment: str):
+    """(search algorithm, Tune scheduler, the training loop's inputs) for tune.scheduler."""
+    import functools
+
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    tune_cfg = config.tune
+    if tune_cfg.scheduler == "asha":
+        return (ConcurrencyLimiter(make_searcher(config), max_concurrent=concurrency),
+                ASHAScheduler(time_attr="epoch", metric=tune_cfg.metric, mode=tune_cfg.mode, max_t=max_epochs,
+                              grace_period=tune_cfg.grace_period, reduction_factor=tune_cfg.reduction_factor),
+                loop_base)
+    from arxivcls.halving import PausableLimiter, SynchronousHalving, rung_epochs
+    from arxivcls.train import mark_continue
+
+    rungs = rung_epochs(tune_cfg.grace_period, tune_cfg.reduction_factor, max_epochs)
+    scheduler = SynchronousHalving(tune_cfg.metric, tune_cfg.mode, rungs, tune_cfg.reduction_factor,
+                                   num_trials=tune_cfg.num_samples, max_running=concurrency,
+                                   mark_continue=functools.partial(mark_continue, experiment))
+    return (PausableLimiter(make_searcher(config), max_concurrent=concurrency), scheduler,
+            {**loop_base, "wait_at_epochs": rungs})
+
+
 # ---------------------------------------------------------------- the study
 
 def study_paths(config: Config) -> dict:
@@ -204,8 +235,6 @@ def _experiment_exists(path: str) -> bool:
 def run_study(config: Config, resume: bool = False, address: str | None = None, evaluate: bool = True, log=print) -> Path:
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
 
     from arxivcls.train import connect_ray, preflight, prepare_inputs
 
@@ -233,9 +262,10 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
         f"(each {trial_resources(train)}; free {({k: available[k] for k in ('CPU', 'GPU') if k in available})}), "
         f"objective {config.tune.metric} ({config.tune.mode})")
 
-    base = {"train": dataclasses.asdict(train), "loop_base": inputs["loop_base"]}
-    trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base), TRIAL_DRIVER_RESOURCES)
     max_epochs = max(train.epochs, int(config.tune.search_space.get("epochs", {}).get("high", train.epochs)))
+    search_alg, scheduler, loop_base = make_scheduler(config, inputs["loop_base"], max_epochs, concurrency, paths["experiment"])
+    base = {"train": dataclasses.asdict(train), "loop_base": loop_base}
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base), TRIAL_DRIVER_RESOURCES)
     # Save the study's state every 2 s (Ray's "auto" waits >= 10 s): a killed driver then loses
     # at most a couple of seconds of bookkeeping; the state is a few KB.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -247,10 +277,8 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
             trainable,
             param_space=tune_search_space(config.tune.search_space),
             tune_config=tune.TuneConfig(
-                search_alg=ConcurrencyLimiter(make_searcher(config), max_concurrent=concurrency),
-                scheduler=ASHAScheduler(time_attr="epoch", metric=config.tune.metric, mode=config.tune.mode,
-                                        max_t=max_epochs, grace_period=config.tune.grace_period,
-                                        reduction_factor=config.tune.reduction_factor),
+                search_alg=search_alg,
+                scheduler=scheduler,
                 num_samples=config.tune.num_samples,
                 max_concurrent_trials=concurrency,
             ),
@@ -281,6 +309,7 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
         "wall_seconds": round(time.time() - started, 1), "num_trials": len(trials),
         "trials_by_status": trials.status.value_counts().to_dict(),
         "trial_epochs": int(trials.epochs_run.sum()),
+        "trained_epochs": int(trials.trained_epochs.sum()),  # + epochs redone after restarts
         "best_trial": {"trial_id": best.trial_id, config.tune.metric: float(best.best_metric),
                        "params": {k[len(SEARCHED_TRIAL_PREFIX):]: _plain(best[k]) for k in trials.columns if k.startswith(SEARCHED_TRIAL_PREFIX)}},
         "default_trial": {"trial_id": default.trial_id, config.tune.metric: _plain(default.best_metric)},
@@ -365,7 +394,7 @@ def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         trial_id = _trial_id(result)
         params = {f"{SEARCHED_TRIAL_PREFIX}{k}": v for k, v in (result.config or {}).items()}
         row = {"trial_id": trial_id, **params, "status": "error" if result.error else "completed",
-               "epochs_run": 0, "planned_epochs": None, "best_metric": float("nan"), "best_checkpoint": None,
+               "epochs_run": 0, "trained_epochs": 0, "planned_epochs": None, "best_metric": float("nan"), "best_checkpoint": None,
                "seconds": (result.metrics or {}).get("time_total_s"), "error": str(result.error).splitlines()[0][:200] if result.error else ""}
         if not frame.empty and metric in frame:
             # one row per epoch: a replayed result (see trial_driver) repeats epochs already reported
@@ -376,7 +405,9 @@ def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
             candidates = kept if not kept.empty else frame
             best_index = rank_by_score(list(zip(candidates.index, candidates[metric])), mode)[0][0]
             best_row = candidates.loc[best_index]
-            row.update(epochs_run=int(frame.epoch.max()), planned_epochs=int(last.get("planned_epochs", 0) or 0),
+            trained = frame.trained_epochs.max() if "trained_epochs" in frame else frame.epoch.max()
+            row.update(epochs_run=int(frame.epoch.max()), trained_epochs=int(trained),
+                       planned_epochs=int(last.get("planned_epochs", 0) or 0),
                        best_metric=float(best_row[metric]), best_epoch=int(best_row.epoch),
                        best_checkpoint=best_row.get("checkpoint_path"),
                        **{f"best_{k}": float(best_row[k]) for k in ("val_accuracy", "val_weighted_f1", "val_macro_f1", "val_loss") if k in best_row})
@@ -384,7 +415,7 @@ def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                 if last.get("stopped_by_patience"):
                     row["status"] = "stopped_by_patience"
                 elif row["epochs_run"] < row["planned_epochs"]:
-                    row["status"] = "stopped_by_asha"
+                    row["status"] = "stopped_by_asha" if config.tune.scheduler == "asha" else "stopped_by_halving"
             keep = [c for c in dict.fromkeys(("epoch", metric, "val_loss", "val_accuracy", "val_macro_f1", "val_weighted_f1",
                                               "train_loss", "epoch_seconds")) if c in frame]
             histories.append(frame[keep].assign(trial_id=trial_id, status=row["status"]))

@@ -14,7 +14,8 @@ max_t) nor the trial count of its brackets, so this is the plain rule, in three 
   rung: the training loop waits for it at every rung epoch (train.wait_for_rung), so it never
   trains past a rung the study has not decided, and a paused trial loses no epoch it reported;
 - the searcher's ConcurrencyLimiter does not count paused trials (PausableLimiter), so new trials
-  start while earlier ones wait.
+  start while earlier ones wait; and Optuna hears of a paused trial as PRUNED at its rung
+  (tuning.BudgetAwareOptunaSearch), so TPE learns from the rungs before every trial is proposed.
 """
 import math
 
@@ -59,11 +60,15 @@ class PausableLimiter(ConcurrencyLimiter):
         finally:
             self.max_concurrent = saved
 
-    def on_pause(self, trial_id):  # (the wrapped OptunaSearch has no pause hooks to pass this to)
+    def on_pause(self, trial_id):
         self.paused.add(trial_id)
+        if hasattr(self.searcher, "on_pause"):  # (Ray's base Searcher has no pause hooks)
+            self.searcher.on_pause(trial_id)
 
     def on_unpause(self, trial_id):
         self.paused.discard(trial_id)
+        if hasattr(self.searcher, "on_unpause"):
+            self.searcher.on_unpause(trial_id)
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         self.paused.discard(trial_id)

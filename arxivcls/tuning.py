@@ -49,11 +49,17 @@ def default_point(space: dict, train: TrainConfig) -> dict:
 
 
 def _budget_aware_searcher_class():
-    """OptunaSearch that tells Optuna the truth about trials ASHA stopped: PRUNED, not COMPLETE.
+    """OptunaSearch that tells Optuna the truth about trials stopped early: PRUNED at the epoch
+    they reached, with their score there; not COMPLETE. A finished trial's value is its best
+    epoch's score (the study's objective), not its last epoch's.
 
     Stock OptunaSearch reports an ASHA-stopped trial as COMPLETE with its low-budget score, which
-    TPE then treats as a finished result at full budget. Defined lazily (optuna and ray are heavy
-    imports) but at module level, so Tune can pickle it into the experiment state for --resume.
+    TPE then treats as a finished result at full budget. With tune.scheduler: sync a trial that
+    pauses at a rung is told PRUNED there at once (on_pause): TPE learns only from finished
+    trials, and in a synchronous study nothing finishes before every trial has reached the first
+    rung, so TPE would otherwise propose every trial blind. A paused trial that later goes on
+    sends Optuna nothing more. Defined lazily (optuna and ray are heavy imports) but at module
+    level, so Tune can pickle it into the experiment state for --resume.
     """
     global BudgetAwareOptunaSearch
     if "BudgetAwareOptunaSearch" in globals():
@@ -62,19 +68,44 @@ def _budget_aware_searcher_class():
     from ray.tune.search.optuna import OptunaSearch
 
     class BudgetAwareOptunaSearch(OptunaSearch):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._prune_at_next_result = set()
+
+        def on_pause(self, trial_id):
+            self._prune_at_next_result.add(trial_id)
+
+        def on_unpause(self, trial_id):
+            pass
+
         def on_trial_result(self, trial_id, result):
-            # Optuna's step is the epoch: a trial restarted after a pause (tune.scheduler: sync)
-            # counts Tune's training_iteration from 1 again, and Optuna ignores repeated steps.
+            if trial_id in self._completed_trials:  # told PRUNED at a rung, and went on
+                return
+            # Optuna's step is the epoch: a trial restarted after a pause counts Tune's
+            # training_iteration from 1 again, and Optuna ignores repeated steps.
             super().on_trial_result(trial_id, {**result, "training_iteration": result.get("epoch", result.get("training_iteration"))})
+            if trial_id in self._prune_at_next_result:
+                self._prune_at_next_result.discard(trial_id)
+                self._prune(trial_id)
 
         def on_trial_complete(self, trial_id, result=None, error=False):
+            if trial_id in self._completed_trials:
+                return
             stopped_early = (result and not error and not result.get("stopped_by_patience")
                              and result.get("epoch", 0) < result.get("planned_epochs", 0))
-            if stopped_early and trial_id in self._ot_trials and trial_id not in self._completed_trials:
-                self._ot_study.tell(self._ot_trials[trial_id], None, state=optuna.trial.TrialState.PRUNED)
-                self._completed_trials.add(trial_id)
+            if stopped_early and trial_id in self._ot_trials:
+                # Tune does not pass a STOPped trial's last result to on_trial_result
+                if self.metric in result:
+                    self._ot_trials[trial_id].report(result[self.metric], result["epoch"])
+                self._prune(trial_id)
                 return
+            if result and f"best_{self.metric}" in result:  # the objective is the trial's best epoch, not its last
+                result = {**result, self.metric: result[f"best_{self.metric}"]}
             super().on_trial_complete(trial_id, result=result, error=error)
+
+        def _prune(self, trial_id):
+            self._ot_study.tell(self._ot_trials[trial_id], None, state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
 
     BudgetAwareOptunaSearch.__qualname__ = "BudgetAwareOptunaSearch"
     BudgetAwareOptunaSearch.__module__ = __name__

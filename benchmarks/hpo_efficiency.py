@@ -14,6 +14,13 @@ BERT whose WordPiece vocabulary is trained on those papers, max_length 128):
       point first) + ASHA (max_t = the epoch budget; grace 2, reduction factor 3 by default, chosen
       on seeds 1 and 2 by replaying early stopping on (a)'s curves, then measured on fresh seeds),
       patience 2 (the package default), trials of 1 CPU each, as many at a time as fit (2 here)
+  (c) the same study with tune.scheduler: sync, synchronous successive halving (arxivcls.halving):
+      trials pause at each rung until all have reached it; grace 2, reduction factor 2 by default
+      (the setting the replays of sessions 3-4 recommended; with 8 trials it spends at most
+      8x2 + 4x2 + 2x4 = 32 of 64 epochs before patience, plus any epochs a resumed trial redoes)
+
+Epochs are counted as trained: for (b) and (c) study.json's trained_epochs, which includes epochs
+a trial resumed after a pause redoes (from its newest checkpoint, when the rung epoch was not its best).
 
 Both read the same tokenized data (prepared and tokenized once before either runs). Each seed runs
 (a) and (b) back to back in one process; the order alternates between seeds (a b, then b a).
@@ -163,7 +170,7 @@ def replay_successive_halving(curves: list[list[float]], grace: int, rf: int, bu
     return {"epochs": sum(ran.values()), "best": found}
 
 
-def arxivcls_study(config, workdir: Path) -> dict:
+def arxivcls_study(config, workdir: Path, label: str) -> dict:
     import json
 
     from arxivcls.tuning import run_study
@@ -181,10 +188,10 @@ def arxivcls_study(config, workdir: Path) -> dict:
               for row in trials.itertuples()}
     best = trials.sort_values("best_metric", ascending=False).iloc[0]
     statuses = trials.status.value_counts().to_dict()
-    return {"approach": "(b) arxivcls study (OptunaSearch + ASHA)", "trials": len(trials),
-            "trial-epochs": int(study["trial_epochs"]), "wall s": wall, "best val_macro_f1": float(best.best_metric),
+    return {"approach": label, "trials": len(trials),
+            "trial-epochs": int(study["trained_epochs"]), "wall s": wall, "best val_macro_f1": float(best.best_metric),
             "best trial val_accuracy": float(best.get("best_val_accuracy", float("nan"))),
-            "stopped early": int(statuses.get("stopped_by_asha", 0) + statuses.get("stopped_by_patience", 0)),
+            "stopped early": int(sum(n for k, n in statuses.items() if k.startswith("stopped_by"))),
             "statuses": ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())), "curves": curves,
             "best params": {k[2:]: best[k] for k in trials.columns if k.startswith("p_")}}
 
@@ -196,13 +203,13 @@ def same(params_a: dict, params_b: dict) -> bool:
 
 
 def same_configurations(a: dict, b: dict) -> list[dict]:
-    """(b)'s trials whose hyperparameters equal one of (a)'s: do their learning curves agree?"""
+    """A study's trials whose hyperparameters equal one of (a)'s: do their learning curves agree?"""
     rows = []
     for params_b, curve_b in b["curves"].values():
         for number, (params_a, curve_a) in enumerate(zip(a["params"], a["curves"])):
             if same(params_a, params_b):
                 common = min(len(curve_a), len(curve_b))
-                rows.append({"(a) trial": number + 1, "epochs (a)": len(curve_a), "epochs (b)": len(curve_b),
+                rows.append({"(a) trial": number + 1, "epochs (a)": len(curve_a), "epochs (study)": len(curve_b),
                              "max abs F1 difference over common epochs":
                                  max(abs(x - y) for x, y in zip(curve_a[:common], curve_b[:common]))})
     return rows
@@ -215,6 +222,8 @@ def main(argv=None):
     parser.add_argument("--seeds", default="3,4")
     parser.add_argument("--grace", type=int, default=2, help="(b)'s ASHA grace period in epochs")
     parser.add_argument("--reduction-factor", type=int, default=3, help="(b)'s ASHA reduction factor")
+    parser.add_argument("--sync-reduction-factor", type=int, default=2, help="(c)'s reduction factor (grace as (b))")
+    parser.add_argument("--approaches", default="a,b,c", help="which of a, b, c to run (a is needed)")
     parser.add_argument("--per-class", type=int, default=300, help="papers per category (8 categories)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--cpus", type=int, default=2, help="the local Ray cluster's CPUs")
@@ -233,21 +242,30 @@ def main(argv=None):
             config = base_config(papers, tiny, workdir, args, seed)
             inputs = prepare_inputs(config, log=lambda *a: None)  # tokenized once; both approaches reuse it
             split_sizes = inputs["prepared"].meta["split_sizes"]
-            order = ["a", "b"] if i % 2 == 0 else ["b", "a"]
+            chosen = [a for a in "abc" if a in args.approaches.split(",")]
+            order = chosen if i % 2 == 0 else chosen[::-1]
             result = {}
             for approach in order:
                 print(f"--- seed {seed}: approach {approach}", flush=True)
                 if approach == "a":
                     result["a"] = plain_optuna(config, inputs, seed, args.a_cpus)
+                elif approach == "b":
+                    result["b"] = arxivcls_study(config, workdir, "(b) arxivcls study, OptunaSearch + ASHA")
                 else:
-                    result["b"] = arxivcls_study(config, workdir)
-                print(result[approach], flush=True)
-            # Which configuration won (b): one (a) also trained, or one only (b)'s sampler proposed?
-            matches = [n + 1 for n, params in enumerate(result["a"]["params"]) if same(params, result["b"]["best params"])]
-            result["b"]["best trial"] = f"(a)'s #{matches[0]}" if matches else "not one of (a)'s"
-            for key in ("a", "b"):
+                    sync = dataclasses.replace(config, tune=dataclasses.replace(
+                        config.tune, study=f"{config.tune.study}-sync", scheduler="sync",
+                        reduction_factor=args.sync_reduction_factor))
+                    result["c"] = arxivcls_study(sync, workdir, "(c) arxivcls study, OptunaSearch + synchronous halving")
+                print({k: v for k, v in result[approach].items() if k not in ("curves", "params")}, flush=True)
+            studies = [k for k in ("b", "c") if k in result]
+            for key in studies:
+                # Which configuration won: one (a) also trained, or one only this study's sampler proposed?
+                matches = [n + 1 for n, params in enumerate(result["a"]["params"]) if same(params, result[key]["best params"])]
+                result[key]["best trial"] = f"(a)'s #{matches[0]}" if matches else "not one of (a)'s"
+            for key in ["a", *studies]:
                 rows.append({"seed": seed, **{k: v for k, v in result[key].items() if k not in ("curves", "params", "best params")}})
-            same_rows += [{"seed": seed, **row} for row in same_configurations(result["a"], result["b"])]
+            same_rows += [{"seed": seed, "study": f"({key})", **row} for key in studies
+                          for row in same_configurations(result["a"], result[key])]
             curves = result["a"]["curves"]
             full = max(max(c) for c in curves)
             for grace, rf in ((1, 2), (1, 3), (2, 2), (2, 3)):
@@ -256,18 +274,21 @@ def main(argv=None):
                     replays.append({"seed": seed, "grace": grace, "reduction factor": rf,
                                     "patience": patience or "off", "epochs / full budget": replay["epochs"] / sum(map(len, curves)),
                                     "best F1 found - full budget's": replay["best"] - full})
-            a, b = result["a"], result["b"]
-            pairs.append({"seed": seed, "epochs (b)/(a)": b["trial-epochs"] / a["trial-epochs"],
-                          "wall (b)/(a)": b["wall s"] / a["wall s"],
-                          "best F1 (b) - (a)": b["best val_macro_f1"] - a["best val_macro_f1"]})
+            a = result["a"]
+            for key in studies:
+                other = result[key]
+                pairs.append({"seed": seed, "study": f"({key})", "epochs / (a)": other["trial-epochs"] / a["trial-epochs"],
+                              "wall / (a)": other["wall s"] / a["wall s"],
+                              "best F1 - (a)": other["best val_macro_f1"] - a["best val_macro_f1"]})
 
     report.add(f"Data: {args.per_class} real papers from each of {len(CATEGORIES)} categories ({', '.join(CATEGORIES)}), "
                f"stratified split {split_sizes}; tiny random BERT (2 layers, width 32, 2k WordPiece vocab trained on "
                f"the papers), max_length {args.max_length}. {args.trials} trials per approach, epoch budget "
                f"{args.epochs}, seeds {args.seeds} (TPE sampler seed and training seed); (a) {args.a_cpus} CPU(s) per trial, (b) 1 "
                f"CPU per trial, as many at a time as fit; (b)'s ASHA grace period "
-               f"{args.grace}, reduction factor {args.reduction_factor}. Objective: best validation "
-               f"macro F1 over a trial's epochs.\n")
+               f"{args.grace}, reduction factor {args.reduction_factor}; (c)'s synchronous halving grace period "
+               f"{args.grace}, reduction factor {args.sync_reduction_factor}. Objective: best validation "
+               f"macro F1 over a trial's epochs. Epochs of (b) and (c) are the epochs trained, redone ones included.\n")
     report.add("Search space (both approaches): " + "; ".join(
         f"{k} {v['type']} " + (str(v['values']) if 'values' in v else f"[{v['low']:g}, {v['high']:g}]") for k, v in SPACE.items())
         + f"; epochs fixed at {args.epochs}. Default point (trial 1 of both): lr 2e-3, batch 32, weight decay 0.01, "
@@ -275,15 +296,15 @@ def main(argv=None):
     report.add("## Runs\n")
     report.add(md_table(rows, ["seed", "approach", "trials", "trial-epochs", "wall s", "best val_macro_f1",
                                "best trial val_accuracy", "best trial", "stopped early", "statuses"], floatfmt="{:.4g}"))
-    report.add("`best trial`: the trial that reached the best F1; for (b), which of (a)'s trials had the same "
-               "configuration (the first five configurations of both come from the same seeded sampler).\n")
-    report.add("## (b) relative to (a)\n")
+    report.add("`best trial`: the trial that reached the best F1; for (b) and (c), which of (a)'s trials had the same "
+               "configuration (the first five configurations of all three come from the same seeded sampler).\n")
+    report.add("## (b) and (c) relative to (a)\n")
     report.add(md_table(pairs, floatfmt="{:.3f}"))
-    report.add("## The same configuration in both approaches\n")
-    report.add(f"(a)'s trials ran on {args.a_cpus} CPU(s) each and (b)'s on 1; the first trials of both come from the "
-               "same seeded sampler. Where (b) trained a configuration that (a) also trained, this compares their "
-               "per-epoch validation macro F1 (0 = training reproduced, so the F1 difference between the approaches "
-               "is the search's and the early stopping's, not noise).\n")
+    report.add("## The same configuration in (a) and in a study\n")
+    report.add(f"(a)'s trials ran on {args.a_cpus} CPU(s) each and the studies' on 1; the first trials of all come from the "
+               "same seeded sampler. Where a study trained a configuration that (a) also trained, this compares their "
+               "per-epoch validation macro F1 (0 = training reproduced, a resumed trial included, so the F1 difference "
+               "between the approaches is the search's and the early stopping's, not noise).\n")
     report.add(md_table(same_rows, floatfmt="{:.4g}") if same_rows else "No configuration was trained by both.\n")
     report.add("## Early stopping replayed on (a)'s measured learning curves\n")
     report.add("The same decisions without training noise: each (a) trial's per-epoch validation macro F1 "
@@ -291,15 +312,17 @@ def main(argv=None):
                "grace period / reduction factor, with and without arxivcls's patience of 2, would have spent "
                "and found on exactly these trials.\n")
     report.add(md_table(replays, floatfmt="{:.3f}"))
-    ratio_ok = all(p["epochs (b)/(a)"] <= 0.5 for p in pairs)
-    f1_ok = all(p["best F1 (b) - (a)"] >= -0.01 for p in pairs)
     report.add("## Target\n")
-    report.add(md_table([
-        {"target": "(b) trial-epochs <= 50% of (a)", "measured": ", ".join(f"{p['epochs (b)/(a)']:.0%}" for p in pairs),
-         "status": met(ratio_ok)},
-        {"target": "(b) best val macro F1 >= (a) - 0.01", "measured": ", ".join(f"{p['best F1 (b) - (a)']:+.4f}" for p in pairs),
-         "status": met(f1_ok)},
-    ], ["target", "measured", "status"]))
+    targets, measured = [], f"measured (seeds {args.seeds})"
+    for study in sorted({p["study"] for p in pairs}):
+        mine = [p for p in pairs if p["study"] == study]
+        targets += [
+            {"target": f"{study} trial-epochs <= 50% of (a)", measured: ", ".join(f"{p['epochs / (a)']:.0%}" for p in mine),
+             "status": met(all(p["epochs / (a)"] <= 0.5 for p in mine))},
+            {"target": f"{study} best val macro F1 >= (a) - 0.01", measured: ", ".join(f"{p['best F1 - (a)']:+.4f}" for p in mine),
+             "status": met(all(p["best F1 - (a)"] >= -0.01 for p in mine))},
+        ]
+    report.add(md_table(targets))
     report.write()
 
 

@@ -132,3 +132,36 @@ def test_snapshot_of_unknown_shape_left_alone(tmp_path, text):
     (tmp_path / "checkpoint_manager_snapshot.json").write_text(text)
     forget_deleted_checkpoints(tmp_path)
     assert (tmp_path / "checkpoint_manager_snapshot.json").read_text() == text
+
+
+def test_optuna_hears_stopped_and_paused_trials_as_pruned_at_their_epoch():
+    import optuna
+
+    from arxivcls.config import Config
+    from arxivcls.tuning import make_searcher, tune_search_space
+
+    config = Config()
+    config.tune.num_samples = 4
+    config.tune.search_space = {"learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-3}}
+    searcher = make_searcher(config)
+    searcher.set_search_properties(None, None, tune_search_space(config.tune.search_space))
+    for trial_id in "abcd":
+        assert searcher.suggest(trial_id) is not None
+    result = lambda epoch, f1, **extra: {"epoch": epoch, "planned_epochs": 4, "val_macro_f1": f1, "training_iteration": 1, **extra}
+
+    searcher.on_trial_result("a", result(1, 0.1))
+    searcher.on_trial_complete("a", result(2, 0.2))  # stopped by ASHA at epoch 2
+    searcher.on_trial_complete("b", result(3, 0.25, stopped_by_patience=1, best_val_macro_f1=0.3))  # a finished result
+    searcher.on_pause("c")  # tune.scheduler: sync paused it at rung 2...
+    searcher.on_trial_result("c", result(2, 0.4))
+    searcher.on_trial_result("c", result(3, 0.5))  # ...and it went on later
+    searcher.on_trial_complete("c", result(4, 0.6))
+    searcher.on_trial_result("d", result(1, 0.05))
+    searcher.on_trial_complete("d", result(4, 0.7))  # ran the whole budget
+
+    trials = {t.number: t for t in searcher._ot_study.get_trials()}
+    a, b, c, d = (trials[n] for n in range(4))
+    assert a.state == optuna.trial.TrialState.PRUNED and a.intermediate_values == {1: 0.1, 2: 0.2}
+    assert b.state == optuna.trial.TrialState.COMPLETE and b.value == pytest.approx(0.3)  # its best epoch's
+    assert c.state == optuna.trial.TrialState.PRUNED and c.intermediate_values == {2: 0.4}
+    assert d.state == optuna.trial.TrialState.COMPLETE and d.value == pytest.approx(0.7)

@@ -99,21 +99,31 @@ def load_classifier(model_dir: str, id2label: dict | None = None):
         transformers.logging.set_verbosity(verbosity)
 
 
-def make_tiny_bert(directory, texts: list[str], num_labels: int = 2, seed: int = 0):
-    """A 2-layer, 32-wide random BERT with a WordPiece tokenizer trained on `texts`.
+def make_tiny_bert(directory, texts: list[str], num_labels: int = 2, seed: int = 0, vocab_size: int = 2000):
+    """A 2-layer, 32-wide random BERT with a WordPiece tokenizer built from `texts`.
 
     Same BertForSequenceClassification code path as SciBERT, in seconds and with no network:
     for tests, smoke runs and benchmarks that measure the machinery rather than the model.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
-        vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    # A vocabulary built here, not by tokenizers' WordPieceTrainer: that one breaks ties between
+    # equally frequent candidates in hash-map order, so its vocabulary (and with it the model)
+    # changed from one process to the next. Special tokens, every character alone and as a ##
+    # continuation, then the most frequent words, ties broken by the word.
+    words = Counter(w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in words for c in word})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
+    taken = set(vocab)
+    frequent = [w for w, _ in sorted(words.items(), key=lambda item: (-item[1], item[0])) if w not in taken]
+    vocab += frequent[:max(0, vocab_size - len(vocab))]
+    tok = Tokenizer(models.WordPiece(vocab={token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]")

@@ -29,6 +29,9 @@ FINAL_RESULT = "final_result.json"  # a finished run's result, replayed if Tune 
 LAST_REPORT = "last_report.json"
 # A checkpoint being written, and one being replaced: hidden names, never counted as checkpoints.
 INCOMING, RETIRED = ".incoming-", ".retired-"
+# Where a trial paused at a rung (tune.scheduler: sync) resumes from when that epoch was not its
+# best: it holds what a checkpoint holds, but is never reported, exported or counted as one.
+RUNG_STATE = ".rung-state"
 RUNG_WAIT_TIMEOUT_S = 900.0  # a rung decision that never comes must not hold a worker forever
 
 
@@ -130,6 +133,7 @@ def publish_checkpoint(run_dir: Path, write, keep: int) -> Path:
     any point. (Ray's own upload writes the new checkpoint before deleting the old: keep + 1.)"""
     run_dir.mkdir(parents=True, exist_ok=True)
     finish_interrupted_publish(run_dir)
+    shutil.rmtree(run_dir / RUNG_STATE, ignore_errors=True)  # superseded by the new, newer checkpoint
     now = time.time_ns()
     name = f"checkpoint_{time.strftime('%Y-%m-%d_%H-%M-%S', time.gmtime(now // 10**9))}.{now % 10**9:09d}"
     incoming = run_dir / f"{INCOMING}{name}"
@@ -142,13 +146,25 @@ def publish_checkpoint(run_dir: Path, write, keep: int) -> Path:
     return run_dir / name
 
 
+def save_rung_state(run_dir: Path, write) -> None:
+    """Keep the state of a rung epoch that is not the run's best (atomically; replaces an older one)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    staging = run_dir / f"{RUNG_STATE}.incoming"
+    shutil.rmtree(staging, ignore_errors=True)
+    write(staging)
+    shutil.rmtree(run_dir / RUNG_STATE, ignore_errors=True)
+    staging.rename(run_dir / RUNG_STATE)
+
+
 @contextlib.contextmanager
 def restore_point(loop_config: dict):
     """The directory of the checkpoint to resume from, or None for a fresh run."""
     import ray.train
 
     if is_local(loop_config["run_storage"]):
-        yield newest_checkpoint(Path(loop_config["run_storage"]) / loop_config["run_name"])
+        run_dir = Path(loop_config["run_storage"]) / loop_config["run_name"]
+        # a rung state exists only while it is newer than every checkpoint (a publish deletes it)
+        yield run_dir / RUNG_STATE if (run_dir / RUNG_STATE).is_dir() else newest_checkpoint(run_dir)
         return
     checkpoint = ray.train.get_checkpoint()  # object stores: Ray's own checkpoint bookkeeping
     if checkpoint is None:
@@ -244,6 +260,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0:
             print(f"resumed from checkpoint after epoch {start_epoch}")
     wait_at_epochs = set(loop_config.get("wait_at_epochs", ()))
+    local_run_dir = Path(loop_config["run_storage"]) / loop_config["run_name"] if is_local(loop_config["run_storage"]) else None
 
     pad_multiple = 8 if device.type == "cuda" else 1
     val_rows = np.arange(rank, len(val_split), world_size)
@@ -312,9 +329,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         "torch_rng": torch.get_rng_state()}, directory / TRAINING_STATE)
             (directory / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
-        if rank == 0 and improved and is_local(loop_config["run_storage"]):
-            published = publish_checkpoint(Path(loop_config["run_storage"]) / loop_config["run_name"],
-                                           write_checkpoint, train.checkpoint_keep)
+        # At a rung of synchronous halving the study may pause this trial (and kill it while it
+        # waits): an epoch that is not the best is kept as the rung state, before the report, so the
+        # trial resumes from this epoch rather than redoing the epochs since its best.
+        at_rung = epoch + 1 in wait_at_epochs and epoch + 1 < train.epochs and not stop
+        if rank == 0 and at_rung and not improved and local_run_dir:
+            save_rung_state(local_run_dir, write_checkpoint)
+        if rank == 0 and improved and local_run_dir:
+            published = publish_checkpoint(local_run_dir, write_checkpoint, train.checkpoint_keep)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(published)),
                              checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD)
         elif rank == 0 and improved:  # object store: Ray uploads it and keeps `keep` (+ 1 while replacing)
@@ -332,8 +354,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if rank == 0:
                 print(f"early stop: {train.metric} did not improve for {train.patience} epochs", flush=True)
             break
-        if epoch + 1 in wait_at_epochs and epoch + 1 < train.epochs:
+        if at_rung:
             wait_for_rung(loop_config, epoch + 1)
+    if rank == 0 and local_run_dir:
+        shutil.rmtree(local_run_dir / RUNG_STATE, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- one Ray Train run (driver side)
@@ -530,6 +554,8 @@ def prune_run_dir(filesystem, run_dir: str, keep_names: set[str]) -> None:
 
     if isinstance(filesystem, pyarrow.fs.LocalFileSystem) and Path(run_dir).is_dir():
         finish_interrupted_publish(Path(run_dir))
+        for state in (RUNG_STATE, f"{RUNG_STATE}.incoming"):  # a trial stopped while paused at a rung
+            shutil.rmtree(Path(run_dir) / state, ignore_errors=True)
     for info in filesystem.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True)):
         if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.base_name not in keep_names:
             try:

@@ -8,7 +8,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from arxivcls.halving import PausableLimiter, SynchronousHalving, rung_epochs, survivors
-from arxivcls.train import forget_deleted_checkpoints
+from arxivcls.train import RUNG_STATE, forget_deleted_checkpoints, publish_checkpoint, restore_point, save_rung_state
 
 
 def test_rungs_and_survivors():
@@ -165,3 +165,20 @@ def test_optuna_hears_stopped_and_paused_trials_as_pruned_at_their_epoch():
     assert b.state == optuna.trial.TrialState.COMPLETE and b.value == pytest.approx(0.3)  # its best epoch's
     assert c.state == optuna.trial.TrialState.PRUNED and c.intermediate_values == {2: 0.4}
     assert d.state == optuna.trial.TrialState.COMPLETE and d.value == pytest.approx(0.7)
+
+
+def test_a_trial_paused_at_a_rung_that_was_not_its_best_resumes_from_the_rung_state(tmp_path):
+    run, where = tmp_path / "train-x", {"run_storage": str(tmp_path), "run_name": "train-x"}
+
+    def write(directory):
+        directory.mkdir(parents=True)
+        (directory / "weights").write_text("epoch")
+
+    publish_checkpoint(run, write, keep=1)  # epoch 1 improved
+    save_rung_state(run, write)  # epoch 2, a rung, did not
+    with restore_point(where) as point:
+        assert point == run / RUNG_STATE
+    publish_checkpoint(run, write, keep=1)  # epoch 3 improved: the rung state is superseded
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith("checkpoint_")) == []
+    with restore_point(where) as point:
+        assert point.name.startswith("checkpoint_") and len(list(run.glob("checkpoint_*"))) == 1

@@ -269,6 +269,9 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
 
     from arxivcls.train import connect_ray, preflight, prepare_inputs
 
+    if resume and config.tune.scheduler == "sync":
+        raise UserError("--resume: a tune.scheduler=sync study cannot be resumed (its rung decisions are kept in "
+                        "memory only); start a new one with --set tune.study=NEW_NAME")
     paths = study_paths(config)
     exists = _experiment_exists(paths["experiment"])
     if resume and not exists:

@@ -232,7 +232,7 @@ def main(argv=None):
 
     from arxivcls.train import prepare_inputs
 
-    report = Report(NAME, "HPO efficiency: plain sequential Optuna vs arxivcls's OptunaSearch + ASHA study")
+    report = Report(NAME, "HPO efficiency: plain sequential Optuna vs arxivcls's studies (OptunaSearch + ASHA, OptunaSearch + synchronous halving)")
     rows, pairs, replays, same_rows = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-hpo-") as tmp, local_ray(num_cpus=args.cpus):
         workdir = Path(tmp)
@@ -240,7 +240,7 @@ def main(argv=None):
         seeds = [int(s) for s in args.seeds.split(",")]
         for i, seed in enumerate(seeds):
             config = base_config(papers, tiny, workdir, args, seed)
-            inputs = prepare_inputs(config, log=lambda *a: None)  # tokenized once; both approaches reuse it
+            inputs = prepare_inputs(config, log=lambda *a: None)  # tokenized once; all approaches reuse it
             split_sizes = inputs["prepared"].meta["split_sizes"]
             chosen = [a for a in "abc" if a in args.approaches.split(",")]
             order = chosen if i % 2 == 0 else chosen[::-1]
@@ -282,16 +282,16 @@ def main(argv=None):
                               "best F1 - (a)": other["best val_macro_f1"] - a["best val_macro_f1"]})
 
     report.add(f"Data: {args.per_class} real papers from each of {len(CATEGORIES)} categories ({', '.join(CATEGORIES)}), "
-               f"stratified split {split_sizes}; tiny random BERT (2 layers, width 32, 2k WordPiece vocab trained on "
+               f"stratified split {split_sizes}; tiny random BERT (2 layers, width 32, 2k WordPiece vocab built from "
                f"the papers), max_length {args.max_length}. {args.trials} trials per approach, epoch budget "
-               f"{args.epochs}, seeds {args.seeds} (TPE sampler seed and training seed); (a) {args.a_cpus} CPU(s) per trial, (b) 1 "
+               f"{args.epochs}, seeds {args.seeds} (TPE sampler seed and training seed); (a) {args.a_cpus} CPU(s) per trial, (b) and (c) 1 "
                f"CPU per trial, as many at a time as fit; (b)'s ASHA grace period "
                f"{args.grace}, reduction factor {args.reduction_factor}; (c)'s synchronous halving grace period "
                f"{args.grace}, reduction factor {args.sync_reduction_factor}. Objective: best validation "
                f"macro F1 over a trial's epochs. Epochs of (b) and (c) are the epochs trained, redone ones included.\n")
-    report.add("Search space (both approaches): " + "; ".join(
+    report.add("Search space (all approaches): " + "; ".join(
         f"{k} {v['type']} " + (str(v['values']) if 'values' in v else f"[{v['low']:g}, {v['high']:g}]") for k, v in SPACE.items())
-        + f"; epochs fixed at {args.epochs}. Default point (trial 1 of both): lr 2e-3, batch 32, weight decay 0.01, "
+        + f"; epochs fixed at {args.epochs}. Default point (trial 1 of all): lr 2e-3, batch 32, weight decay 0.01, "
         f"warmup 0.05, ce, no label smoothing.\n")
     report.add("## Runs\n")
     report.add(md_table(rows, ["seed", "approach", "trials", "trial-epochs", "wall s", "best val_macro_f1",

@@ -17,6 +17,7 @@ max_t) nor the trial count of its brackets, so this is the plain rule, in three 
   start while earlier ones wait; and Optuna hears of a paused trial as PRUNED at its rung
   (tuning.BudgetAwareOptunaSearch), so TPE learns from the rungs before every trial is proposed.
 """
+import json
 import math
 
 from ray.tune.experiment import Trial
@@ -77,25 +78,51 @@ class PausableLimiter(ConcurrencyLimiter):
 
 class SynchronousHalving(FIFOScheduler):
     def __init__(self, metric: str, mode: str, rungs: list[int], reduction_factor: int, num_trials: int,
-                 max_running: int, mark_continue, time_attr: str = "epoch"):
-        """mark_continue(trial_id, epoch) writes the trial's continue marker (train.mark_continue)."""
+                 max_running: int, mark_continue, save_state=None, load_state=None, time_attr: str = "epoch"):
+        """mark_continue(trial_id, epoch) writes the trial's continue marker (train.mark_continue).
+        save_state(text) / load_state() -> text | None keep the rung decisions in the study's
+        directory, for --resume: Tune restores a scheduler as it was when the study was created."""
         super().__init__()
         self._metric, self._mode, self.time_attr = metric, mode, time_attr
         self.rungs, self.reduction_factor = list(rungs), reduction_factor
         self.num_trials, self.max_running = num_trials, max_running
-        self.mark_continue = mark_continue
+        self.mark_continue, self.save_state, self.load_state = mark_continue, save_state, load_state
         self.added: list[str] = []  # trial ids in the order Tune created them
         self.scores = {rung: {} for rung in self.rungs}  # rung -> {trial_id: metric at that epoch}
         self.advancing = {}  # rung -> trial ids that go on past it, once the rung is decided
         self.ended: set[str] = set()  # completed, stopped or errored for good
         self.promoted: set[str] = set()  # paused trials to restart
+        self.loaded = False
+
+    # ---------------------------------------------------------------- state kept for --resume
+
+    def _load(self):
+        if self.loaded:
+            return
+        self.loaded = True
+        text = self.load_state() if self.load_state else None
+        if text:
+            # not `added`: Tune adds the trials it restored again, and one created in the last
+            # moments before the study stopped may be unknown to it (it must not hold a rung open)
+            state = json.loads(text)
+            self.scores.update({int(r): scores for r, scores in state["scores"].items()})
+            self.advancing = {int(r): set(ids) for r, ids in state["advancing"].items()}
+            self.ended = set(state["ended"])
+
+    def _save(self):
+        if self.save_state:
+            self.save_state(json.dumps({"scores": self.scores, "ended": sorted(self.ended),
+                                        "advancing": {r: sorted(ids) for r, ids in self.advancing.items()}}))
 
     # ---------------------------------------------------------------- Tune's callbacks
 
     def on_trial_add(self, tune_controller, trial):
-        self.added.append(trial.trial_id)
+        self._load()
+        if trial.trial_id not in self.added:
+            self.added.append(trial.trial_id)
 
     def on_trial_result(self, tune_controller, trial, result):
+        self._load()
         self.promoted.discard(trial.trial_id)
         epoch = result.get(self.time_attr)
         if epoch not in self.scores or self._metric not in result:
@@ -104,6 +131,7 @@ class SynchronousHalving(FIFOScheduler):
             return TrialScheduler.CONTINUE if trial.trial_id in self.advancing[epoch] else TrialScheduler.STOP
         self.scores[epoch][trial.trial_id] = result[self._metric]
         decision = self._decide(tune_controller, current=trial.trial_id)
+        self._save()
         if decision is None:
             tune_controller.search_alg.searcher.on_pause(trial.trial_id)
             return TrialScheduler.PAUSE
@@ -136,11 +164,13 @@ class SynchronousHalving(FIFOScheduler):
     # ---------------------------------------------------------------- the rule
 
     def _end(self, tune_controller, trial):
+        self._load()
         if trial.trial_id in self.ended:
             return
         self.ended.add(trial.trial_id)
         self.promoted.discard(trial.trial_id)
         self._decide(tune_controller, current=None)
+        self._save()
 
     def _decide(self, tune_controller, current: str | None):
         """Decide every rung that is complete, in order. Returns CONTINUE or STOP for the trial
@@ -151,18 +181,18 @@ class SynchronousHalving(FIFOScheduler):
             if population is None:
                 break
             if rung not in self.advancing:
-                scores = self.scores[rung]
+                scores = {t: v for t, v in self.scores[rung].items() if t in population}
                 if any(t not in scores and t not in self.ended for t in population):
                     break  # some trial may still reach this rung
                 self.advancing[rung] = set(survivors(scores, self.reduction_factor, self._mode))
-                decision = self._apply(tune_controller, rung, current) or decision
+                decision = self._apply(tune_controller, rung, scores, current) or decision
             population = [t for t in population if t in self.advancing[rung]]
         return decision
 
-    def _apply(self, tune_controller, rung: int, current: str | None):
+    def _apply(self, tune_controller, rung: int, scores: dict, current: str | None):
         by_id = {t.trial_id: t for t in tune_controller.get_trials()}
         decision = None
-        for trial_id in self.scores[rung]:
+        for trial_id in scores:
             goes_on = trial_id in self.advancing[rung]
             if goes_on:
                 self.mark_continue(trial_id, rung)

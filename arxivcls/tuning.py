@@ -22,6 +22,10 @@ SEARCHED_TRIAL_PREFIX = "p_"  # hyperparameter columns in trials.csv
 # request, so it asks for 1 MiB of memory). A CPU per idle driver is what deadlocked two 1-CPU
 # trials on a 2-CPU machine: both drivers held a CPU and neither worker group could start.
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
+# tune.scheduler: sync's rung decisions, in a subdirectory of the study's: Tune copies every .json
+# file at the top of it to its staging directory on --resume and later copies them back, which
+# would put the old decisions back over the new.
+HALVING_STATE = ("halving", "rungs.json")
 
 
 # ---------------------------------------------------------------- search space and searcher
@@ -191,8 +195,8 @@ def trial_driver(config: dict, base: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from arxivcls.train import (FINAL_RESULT, best_checkpoint, build_trainer, last_reported_metrics, prune_checkpoints,
-                                read_run_file, write_run_file)
+    from arxivcls.train import (FINAL_RESULT, best_checkpoint, build_trainer, continue_marker, last_reported_metrics,
+                                prune_checkpoints, read_run_file, write_run_file)
 
     train = TrainConfig(**{**base["train"], **config})
     trial_id = ray.tune.get_context().get_trial_id()
@@ -206,6 +210,15 @@ def trial_driver(config: dict, base: dict) -> None:
         for metrics in json.loads(finished):
             ray.tune.report(metrics)
         return
+    # A trial that was waiting at a rung of synchronous halving when the study stopped (or its
+    # driver died): report that rung again, before any worker starts, so the scheduler pauses it
+    # again, or stops it, instead of letting it train past a rung the study has not decided.
+    last = last_reported_metrics(train.storage_path, name)
+    rungs = base["loop_base"].get("wait_at_epochs", ())
+    if (last and last.get("epoch") in rungs and last["epoch"] < last.get("planned_epochs", 0)
+            and not last.get("stopped_by_patience")
+            and read_run_file(train.storage_path, name, continue_marker(last["epoch"])) is None):
+        ray.tune.report({**last, **_checkpoint_of_epoch(train.storage_path, name, last["epoch"])})
     # A stable name: a retried trial (Tune FailureConfig) finds its Train run and resumes it.
     result = build_trainer(train, base["loop_base"], name=name, callbacks=[TuneReportCallback()]).fit()
     checkpoint, _ = best_checkpoint(result, train.metric, train.mode)
@@ -215,6 +228,16 @@ def trial_driver(config: dict, base: dict) -> None:
         replay.append(last)
     write_run_file(train.storage_path, name, FINAL_RESULT, json.dumps(replay))
     prune_checkpoints(result, train.checkpoint_keep, train.metric, train.mode)
+
+
+def _checkpoint_of_epoch(storage: str, name: str, epoch: int) -> dict:
+    """{"checkpoint_path": ...} when the run's newest checkpoint (local disk) is of `epoch`."""
+    from arxivcls.train import is_local, newest_checkpoint
+
+    newest = newest_checkpoint(Path(storage) / name) if is_local(storage) else None
+    if newest and (newest / "metrics.json").is_file() and json.loads((newest / "metrics.json").read_text()).get("epoch") == epoch:
+        return {"checkpoint_path": str(newest)}
+    return {}
 
 
 # ---------------------------------------------------------------- the early-stopping rule
@@ -233,12 +256,14 @@ def make_scheduler(config: Config, loop_base: dict, max_epochs: int, concurrency
                               grace_period=tune_cfg.grace_period, reduction_factor=tune_cfg.reduction_factor),
                 loop_base)
     from arxivcls.halving import PausableLimiter, SynchronousHalving, rung_epochs
-    from arxivcls.train import mark_continue
+    from arxivcls.train import mark_continue, read_run_file, write_run_file
 
     rungs = rung_epochs(tune_cfg.grace_period, tune_cfg.reduction_factor, max_epochs)
     scheduler = SynchronousHalving(tune_cfg.metric, tune_cfg.mode, rungs, tune_cfg.reduction_factor,
                                    num_trials=tune_cfg.num_samples, max_running=concurrency,
-                                   mark_continue=functools.partial(mark_continue, experiment))
+                                   mark_continue=functools.partial(mark_continue, experiment),
+                                   save_state=functools.partial(write_run_file, experiment, *HALVING_STATE),
+                                   load_state=functools.partial(read_run_file, experiment, *HALVING_STATE))
     return (PausableLimiter(make_searcher(config), max_concurrent=concurrency), scheduler,
             {**loop_base, "wait_at_epochs": rungs})
 
@@ -269,9 +294,6 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
 
     from arxivcls.train import connect_ray, preflight, prepare_inputs
 
-    if resume and config.tune.scheduler == "sync":
-        raise UserError("--resume: a tune.scheduler=sync study cannot be resumed (its rung decisions are kept in "
-                        "memory only); start a new one with --set tune.study=NEW_NAME")
     paths = study_paths(config)
     exists = _experiment_exists(paths["experiment"])
     if resume and not exists:
@@ -419,7 +441,7 @@ def prune_study_checkpoints(grid, experiment: str, keep: int, metric: str, mode:
 
 def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     """trials.csv (one row per trial) and history.csv (one row per trial-epoch) from a ResultGrid."""
-    from arxivcls.train import checkpoint_exists, rank_by_score
+    from arxivcls.train import checkpoint_exists, is_local, newest_checkpoint, rank_by_score
 
     metric, mode = config.tune.metric, config.tune.mode
     rows, histories = [], []
@@ -431,14 +453,23 @@ def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                "epochs_run": 0, "trained_epochs": 0, "planned_epochs": None, "best_metric": float("nan"), "best_checkpoint": None,
                "seconds": (result.metrics or {}).get("time_total_s"), "error": str(result.error).splitlines()[0][:200] if result.error else ""}
         if not frame.empty and metric in frame:
-            # one row per epoch: a replayed result (see trial_driver) repeats epochs already reported
-            frame = frame.dropna(subset=[metric]).drop_duplicates(subset="epoch", keep="last")
+            # one row per epoch: a replayed result (see trial_driver) repeats epochs already reported;
+            # keep the row that names the epoch's checkpoint, if one does
+            frame = frame.dropna(subset=[metric])
+            has_checkpoint = frame.get("checkpoint_path", pd.Series(None, index=frame.index)).notna()
+            frame = (frame.assign(_has_checkpoint=has_checkpoint).sort_values(["epoch", "_has_checkpoint"], kind="stable")
+                     .drop_duplicates(subset="epoch", keep="last").drop(columns="_has_checkpoint"))
             last = frame.iloc[-1]
             # the best epoch whose checkpoint is still on disk (only improving epochs have one)
             kept = frame[[checkpoint_exists(p) for p in frame.get("checkpoint_path", pd.Series([None] * len(frame)))]]
             candidates = kept if not kept.empty else frame
             best_index = rank_by_score(list(zip(candidates.index, candidates[metric])), mode)[0][0]
             best_row = candidates.loc[best_index]
+            experiment = study_paths(config)["experiment"]
+            if kept.empty and is_local(experiment):  # the reports naming its checkpoints were lost (study killed)
+                newest = newest_checkpoint(Path(experiment) / f"train-{trial_id}")
+                best_row = best_row.copy()
+                best_row["checkpoint_path"] = str(newest) if newest else None
             trained = frame.trained_epochs.max() if "trained_epochs" in frame else frame.epoch.max()
             row.update(epochs_run=int(frame.epoch.max()), trained_epochs=int(trained),
                        planned_epochs=int(last.get("planned_epochs", 0) or 0),

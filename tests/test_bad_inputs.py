@@ -97,7 +97,6 @@ TUNE_CASES = {
     "unknown model name": ({"model": {"name": "no-such-org/no-such-model"}}, [], "not in the local Hugging Face cache"),
     "model directory that does not exist": ({"model": {"name": "./models/nothing-here"}}, [], "model directory not found"),
     "--resume with no study": ({}, ["--resume"], "no study to resume"),
-    "--resume of a synchronous-halving study": ({"tune": {"scheduler": "sync"}}, ["--resume"], "cannot be resumed"),
     "unknown scheduler": ({"tune": {"scheduler": "hyperband"}}, [], "tune.scheduler must be 'asha' or 'sync'"),
     "results directory not writable": ({"tune": {"results_dir": "/proc/arxivcls-results"}}, [], "is not writable"),
     "data file missing": ({}, ["--data", "missing.parquet"], "data file not found"),

@@ -161,3 +161,50 @@ def test_train_worker_killed_mid_trial_resumes_from_checkpoint(tmp_path, papers_
     reliability.record("fault", "Ray Train worker SIGKILLed mid-trial",
                        f"worker group restarted (train.max_failures), resumed from the checkpoint of epoch {resumed_after}; "
                        "trial completed all 5 epochs, each reported once")
+
+
+def test_sync_study_killed_while_trials_wait_at_a_rung_resumes_under_the_same_rule(tmp_path, papers_file, tiny_bert):
+    """tune.scheduler: sync keeps its rung decisions in the study directory; a trial that was
+    waiting at a rung reports it again on restart, so --resume goes on where the rule stood."""
+    config = tiny_study_yaml(tmp_path, papers_file, tiny_bert, train={"epochs": 3, "patience": 10},
+                             tune={"num_samples": 4, "study": "sync", "scheduler": "sync", "grace_period": 1,
+                                   "reduction_factor": 2,
+                                   "search_space": {"learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}})
+    state_file = tmp_path / "runs" / "sync" / "halving" / "rungs.json"
+    seen = []
+    process = start_cli("tune", str(config), cwd=tmp_path)
+    drain = threading.Thread(target=lambda: seen.extend(process.stdout), daemon=True)  # a full pipe would block it
+    drain.start()
+    try:
+        deadline, state = time.time() + 600, None
+        while time.time() < deadline and process.poll() is None:
+            try:
+                state = json.loads(state_file.read_text())
+            except (OSError, ValueError):
+                state = None
+            if state and len(state["scores"]["1"]) >= 2 and not state["advancing"]:
+                break  # two trials wait at rung 1, which is not decided yet
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"no two trials waited at rung 1: {state}\n{''.join(seen[-40:])}")
+    finally:
+        kill_session(process)
+    waiting = set(state["scores"]["1"])
+
+    resumed = start_cli("tune", str(config), "--resume", cwd=tmp_path)
+    output = finish(resumed, 900, [])
+    assert resumed.returncode == 0, output[-3000:]
+    trials = pd.read_csv(tmp_path / "results" / "sync" / "trials.csv")
+    history = pd.read_csv(tmp_path / "results" / "sync" / "history.csv")
+    assert len(trials) == 4 and (trials.status != "error").all() and waiting <= set(trials.trial_id)
+    f1 = history.pivot(index="trial_id", columns="epoch", values="val_macro_f1")
+    went_past = lambda epoch: set(trials.trial_id[trials.epochs_run > epoch])
+    assert went_past(1) == set(f1[1].nlargest(2).index) and len(went_past(2)) == 1
+    assert trials.epochs_run.sum() == 4 + 2 + 1
+    final = json.loads(state_file.read_text())
+    assert sorted(final["advancing"]) == ["1", "2"] and set(final["scores"]["1"]) == set(trials.trial_id)
+    import reliability
+
+    reliability.record("fault", "`arxivcls tune` (tune.scheduler: sync) SIGKILLed while trials wait at a rung, then `--resume`",
+                       f"{len(waiting)} waiting trials kept their rung scores; the halving finished under the same rule "
+                       "(2 of 4 past epoch 1, 1 past epoch 2, 7 trial-epochs)")

@@ -182,3 +182,25 @@ def test_a_trial_paused_at_a_rung_that_was_not_its_best_resumes_from_the_rung_st
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith("checkpoint_")) == []
     with restore_point(where) as point:
         assert point.name.startswith("checkpoint_") and len(list(run.glob("checkpoint_*"))) == 1
+
+
+def test_rung_decisions_survive_a_restart_of_the_study():
+    """--resume: Tune restores the scheduler as it was created; it reloads its saved decisions."""
+    saved = {}
+    make = lambda: SynchronousHalving("val_macro_f1", "max", rungs=[1], reduction_factor=2, num_trials=3, max_running=2,
+                                      mark_continue=lambda t, e: saved.setdefault("marks", []).append((t, e)),
+                                      save_state=lambda text: saved.update(state=text), load_state=lambda: saved.get("state"))
+    controller = FakeController("abc")
+    before = make()
+    for trial in controller.trials:
+        before.on_trial_add(controller, trial)
+    assert report(before, controller, "a", 1, 0.9) == TrialScheduler.PAUSE
+    assert report(before, controller, "b", 1, 0.1) == TrialScheduler.PAUSE
+
+    after = make()  # the study driver was killed; the restored study re-adds its trials
+    for trial in controller.trials:
+        after.on_trial_add(controller, trial)
+    assert after.added == ["a", "b", "c"]
+    assert report(after, controller, "a", 1, 0.9) == TrialScheduler.PAUSE  # its driver reports the rung again
+    assert report(after, controller, "c", 1, 0.5) == TrialScheduler.CONTINUE  # b's score was not lost: a, c go on
+    assert controller.stopped == ["b"] and sorted(saved["marks"]) == [("a", 1), ("c", 1)]

@@ -133,7 +133,7 @@ def publish_checkpoint(run_dir: Path, write, keep: int) -> Path:
     any point. (Ray's own upload writes the new checkpoint before deleting the old: keep + 1.)"""
     run_dir.mkdir(parents=True, exist_ok=True)
     finish_interrupted_publish(run_dir)
-    shutil.rmtree(run_dir / RUNG_STATE, ignore_errors=True)  # superseded by the new, newer checkpoint
+    discard_rung_state(run_dir)  # superseded by the new, newer checkpoint
     now = time.time_ns()
     name = f"checkpoint_{time.strftime('%Y-%m-%d_%H-%M-%S', time.gmtime(now // 10**9))}.{now % 10**9:09d}"
     incoming = run_dir / f"{INCOMING}{name}"
@@ -154,6 +154,12 @@ def save_rung_state(run_dir: Path, write) -> None:
     write(staging)
     shutil.rmtree(run_dir / RUNG_STATE, ignore_errors=True)
     staging.rename(run_dir / RUNG_STATE)
+
+
+def discard_rung_state(run_dir: Path) -> None:
+    """Delete a run's rung state, and one a crash left half-written."""
+    for state in (RUNG_STATE, f"{RUNG_STATE}.incoming"):
+        shutil.rmtree(run_dir / state, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -179,8 +185,13 @@ def continue_marker(epoch: int) -> str:
     return f"continue_after_epoch_{epoch}"
 
 
+def trial_run_name(trial_id: str) -> str:
+    """The Train run of a study's trial: a stable name, so a restarted trial finds its checkpoints."""
+    return f"train-{trial_id}"
+
+
 def mark_continue(storage_path: str, trial_id: str, epoch: int) -> None:
-    write_run_file(storage_path, f"train-{trial_id}", continue_marker(epoch), "")
+    write_run_file(storage_path, trial_run_name(trial_id), continue_marker(epoch), "")
 
 
 def wait_for_rung(loop_config: dict, epoch: int, poll_s: float = 0.2) -> None:
@@ -357,7 +368,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if at_rung:
             wait_for_rung(loop_config, epoch + 1)
     if rank == 0 and local_run_dir:
-        shutil.rmtree(local_run_dir / RUNG_STATE, ignore_errors=True)
+        discard_rung_state(local_run_dir)
 
 
 # ---------------------------------------------------------------- one Ray Train run (driver side)
@@ -554,8 +565,7 @@ def prune_run_dir(filesystem, run_dir: str, keep_names: set[str]) -> None:
 
     if isinstance(filesystem, pyarrow.fs.LocalFileSystem) and Path(run_dir).is_dir():
         finish_interrupted_publish(Path(run_dir))
-        for state in (RUNG_STATE, f"{RUNG_STATE}.incoming"):  # a trial stopped while paused at a rung
-            shutil.rmtree(Path(run_dir) / state, ignore_errors=True)
+        discard_rung_state(Path(run_dir))  # a trial stopped while paused at a rung
     for info in filesystem.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True)):
         if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.base_name not in keep_names:
             try:

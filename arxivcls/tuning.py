@@ -196,11 +196,11 @@ def trial_driver(config: dict, base: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from arxivcls.train import (FINAL_RESULT, best_checkpoint, build_trainer, continue_marker, last_reported_metrics,
-                                prune_checkpoints, read_run_file, write_run_file)
+                                prune_checkpoints, read_run_file, trial_run_name, write_run_file)
 
     train = TrainConfig(**{**base["train"], **config})
     trial_id = ray.tune.get_context().get_trial_id()
-    name = f"train-{trial_id}"
+    name = trial_run_name(trial_id)
     # Tune saves the study's state every few seconds: when the driver dies just after a trial
     # finished, a resumed study starts that trial again. Its Train run is done, so hand Tune the
     # saved final result instead of training again (and instead of a result without metrics).
@@ -423,14 +423,14 @@ def prune_study_checkpoints(grid, experiment: str, keep: int, metric: str, mode:
 
     import pyarrow.fs
 
-    from arxivcls.train import prune_run_dir, rank_by_score, resolve_filesystem
+    from arxivcls.train import prune_run_dir, rank_by_score, resolve_filesystem, trial_run_name
 
     filesystem, root = resolve_filesystem(experiment)
     for result in grid:
         frame = result.metrics_dataframe
         if result.error or frame is None or metric not in frame or "checkpoint_path" not in frame:
             continue
-        run_dir = f"{root.rstrip('/')}/train-{_trial_id(result)}"
+        run_dir = f"{root.rstrip('/')}/{trial_run_name(_trial_id(result))}"
         on_disk = {info.base_name for info in filesystem.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True))}
         reported = frame.dropna(subset=[metric, "checkpoint_path"])
         names = [posixpath.basename(posixpath.normpath(p)) for p in reported.checkpoint_path]
@@ -441,9 +441,9 @@ def prune_study_checkpoints(grid, experiment: str, keep: int, metric: str, mode:
 
 def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     """trials.csv (one row per trial) and history.csv (one row per trial-epoch) from a ResultGrid."""
-    from arxivcls.train import checkpoint_exists, is_local, newest_checkpoint, rank_by_score
+    from arxivcls.train import checkpoint_exists, is_local, newest_checkpoint, rank_by_score, trial_run_name
 
-    metric, mode = config.tune.metric, config.tune.mode
+    metric, mode, experiment = config.tune.metric, config.tune.mode, study_paths(config)["experiment"]
     rows, histories = [], []
     for result in grid:
         frame = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
@@ -465,9 +465,8 @@ def collect_trials(grid, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
             candidates = kept if not kept.empty else frame
             best_index = rank_by_score(list(zip(candidates.index, candidates[metric])), mode)[0][0]
             best_row = candidates.loc[best_index]
-            experiment = study_paths(config)["experiment"]
             if kept.empty and is_local(experiment):  # the reports naming its checkpoints were lost (study killed)
-                newest = newest_checkpoint(Path(experiment) / f"train-{trial_id}")
+                newest = newest_checkpoint(Path(experiment) / trial_run_name(trial_id))
                 best_row = best_row.copy()
                 best_row["checkpoint_path"] = str(newest) if newest else None
             trained = frame.trained_epochs.max() if "trained_epochs" in frame else frame.epoch.max()

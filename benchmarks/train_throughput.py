@@ -212,9 +212,26 @@ def epoch_padding(lengths: np.ndarray, batch_size: int, seed: int, max_length: i
     return {"b": efficiency(plan_b), "c": efficiency(plan_c), "a": lengths.sum() / (len(lengths) * max_length)}
 
 
+def pick_model(name: str, cuda: bool) -> tuple[str, str]:
+    """(name, local directory). `auto` means SciBERT, the study's model, where a GPU makes it
+    affordable and its weights are cached or downloadable; otherwise the offline MiniLM."""
+    from arxivcls.errors import UserError
+    from arxivcls.models import resolve_model
+
+    if name != "auto":
+        return name, resolve_model(name)
+    if cuda:
+        try:
+            return "scibert", resolve_model("scibert")
+        except UserError as e:
+            print(f"--model auto: SciBERT unavailable ({e}); using minilm", flush=True)
+    return "minilm", resolve_model("minilm")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="minilm", help="minilm (offline) | scibert | a local model directory")
+    parser.add_argument("--model", default="auto",
+                        help="auto (scibert on a GPU when its weights can be had, else minilm) | minilm | scibert | a local model directory")
     parser.add_argument("--papers", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=48,
                         help="timed optimizer steps of (a): every one computes 8 x 512 tokens, whatever the papers")
@@ -234,12 +251,12 @@ def main(argv=None):
     from datasets import Dataset
 
     from arxivcls.features import tokenize_texts
-    from arxivcls.models import autocast_dtype, cpu_has_native_bf16, load_tokenizer, resolve_model
+    from arxivcls.models import autocast_dtype, cpu_has_native_bf16, load_tokenizer
 
     torch.set_num_threads(args.cpus)
     c_dtype = autocast_dtype(args.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     c_precision = "fp32" if c_dtype is None else f"{str(c_dtype).removeprefix('torch.')} autocast"
-    args.model_dir = resolve_model(args.model)
+    args.model, args.model_dir = pick_model(args.model, torch.cuda.is_available())
     report = Report(NAME, "Training throughput: HF Trainer recipes vs arxivcls's Ray Train loop")
     papers = sample_papers(args.papers, args.seed)
     labels, id2label = label_ids(papers.category)

@@ -70,15 +70,20 @@ def predict_in_process(model_dir: str, texts: list[str], max_length: int = 512, 
     return probs
 
 
+def default_num_actors(free: dict) -> int:
+    """eval.num_actors = 0: one actor per free GPU, else one per free CPU, at most 4."""
+    gpus = free.get("GPU", 0)
+    return int(gpus) if gpus >= 1 else max(1, min(4, int(free.get("CPU", 1))))
+
+
 def predict_with_ray_data(model_dir: str, texts: list[str], max_length: int = 512, batch_size: int = 32,
                           num_actors: int = 0, precision: str = "auto") -> np.ndarray:
     """Batch inference over an actor pool: one model copy per actor, GPUs when the cluster has them."""
     import ray
 
-    gpus = ray.available_resources().get("GPU", 0)
-    cpus = ray.available_resources().get("CPU", 1)
-    if not num_actors:
-        num_actors = int(gpus) if gpus >= 1 else max(1, min(4, int(cpus)))
+    free = ray.available_resources()
+    gpus = free.get("GPU", 0)
+    num_actors = num_actors or default_num_actors(free)
     order = length_sorted(texts)
     table = pd.DataFrame({"row": order, "text": [texts[i] for i in order]})
     # One block per batch keeps the length order intact and lets actors take batches as they free up.

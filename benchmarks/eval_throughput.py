@@ -83,7 +83,7 @@ def main(argv=None):
 
     import torch
 
-    from arxivcls.evaluate import predict_in_process, predict_with_ray_data
+    from arxivcls.evaluate import default_num_actors, predict_in_process, predict_with_ray_data
     from arxivcls.models import load_tokenizer, minilm_path
 
     torch.set_num_threads(args.cpus)
@@ -105,8 +105,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp, local_ray(num_cpus=args.cpus) as cluster:
         import ray
 
-        free = ray.available_resources()  # arxivcls's default pool: one actor per GPU, else per free CPU (<= 4)
-        actors = args.actors or (int(free["GPU"]) if free.get("GPU", 0) >= 1 else max(1, min(4, int(free.get("CPU", 1)))))
+        actors = args.actors or default_num_actors(ray.available_resources())
         model_dirs = build_models(base, id2label, list(range(1, args.models + 1)), Path(tmp))
         paths = ["loop", "bare", "ray_data"]
         for m, model_dir in enumerate(model_dirs):

@@ -1,4 +1,4 @@
-"""arxivcls prepare | train | tune | evaluate | predict.
+"""arxivcls prepare | plan | train | tune | evaluate | predict.
 
 Bad input or configuration: one line `error: ...` on stderr, exit code 2, no traceback.
 """
@@ -45,6 +45,20 @@ def cmd_tune(args) -> None:
     run_study(_config(args), resume=args.resume, address=args.address)
 
 
+def cmd_plan(args) -> None:
+    from arxivcls.plan import declared_resources, format_plan, plan_study
+
+    config = _config(args)
+    declared = args.gpus is not None or args.cpus is not None or args.nodes is not None
+    if declared and args.address:
+        raise UserError("give either --address (a running cluster) or --gpus/--cpus/--nodes (a declared one), not both")
+    if args.papers_per_s is not None and args.papers_per_s <= 0:
+        raise UserError("--papers-per-s must be > 0")
+    resources = declared_resources(args.cpus, args.gpus, args.nodes or 1, config.train) if declared else None
+    plan = plan_study(config, resources, address=args.address, papers_per_s=args.papers_per_s)
+    print(format_plan(plan, config))
+
+
 def cmd_evaluate(args) -> None:
     from arxivcls.evaluate import evaluate_study
 
@@ -88,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "tune":
             p.add_argument("--resume", action="store_true", help="continue an interrupted study")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("plan", help="what a study would do and cost (data, concurrency, epochs, disk, time), without training")
+    p.add_argument("config", help="study config, e.g. tune/scibert.yaml")
+    p.add_argument("--data", help="papers file (overrides data.path)")
+    p.add_argument("--set", action="append", metavar="section.key=value", help="override a config value")
+    p.add_argument("--address", help="plan for this running Ray cluster's free resources")
+    p.add_argument("--gpus", type=float, help="plan for a declared cluster with this many GPUs in all")
+    p.add_argument("--cpus", type=float, help="... this many CPUs in all (default: this machine's per node)")
+    p.add_argument("--nodes", type=int, help="... spread over this many equal nodes (default 1)")
+    p.add_argument("--papers-per-s", type=float, help="training papers/s of one worker (default: measured on a CPU, "
+                                                      "derived from FLOPs for GPU workers)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("evaluate", help="re-run the evaluation and comparison of a finished study")
     p.add_argument("results_dir")

@@ -192,6 +192,9 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
         section, key, value = _parse_override(item)
         if section not in sections:
             raise UserError(f"unknown config section '{section}' in --set {item}")
+        if section == "tune" and key.startswith("search_space."):  # one searched parameter's range
+            config.tune.search_space = {**config.tune.search_space, key.split(".", 1)[1]: value}
+            continue
         _apply(getattr(config, section), {key: value}, section)
     validate(config)
     return config

@@ -1,5 +1,8 @@
 """Resolve a model name (alias, hub id, or local directory) and load tokenizer + classifier safely."""
+import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from arxivcls.errors import UserError
@@ -25,24 +28,103 @@ def resolve_model(name: str) -> str:
         path = Path(name).expanduser()
         if not (path / "config.json").is_file():
             raise UserError(f"model directory {name} has no config.json: not a Hugging Face model")
-        return str(path)
+        return ensure_safetensors(str(path))
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise UserError(f"model directory not found: {name}")
+    return ensure_safetensors(download_from_hub(name))
+
+
+def download_from_hub(name: str) -> str:
+    """The model's files from the local HF cache or the hub: configs, vocabularies and safetensors;
+    `pytorch_model.bin` only for a model that publishes no safetensors (SciBERT)."""
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]  # never pickled *.bin weights
+    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
+
+    def download(**kwargs) -> str:
+        path = snapshot_download(name, allow_patterns=patterns, **kwargs)
+        if any(Path(path).glob("*.safetensors")):
+            return path
+        return snapshot_download(name, allow_patterns=[*patterns, PICKLED_WEIGHTS], **kwargs)
+
     try:
-        return snapshot_download(name, allow_patterns=patterns, local_files_only=True)
+        return download(local_files_only=True)
     except Exception:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false"}:
         raise UserError(f"model '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {OFFLINE_HINT}")
     try:
-        return snapshot_download(name, allow_patterns=patterns)
+        return download()
     except Exception as e:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise UserError(f"model '{name}' is neither an alias ({', '.join(['minilm', *ALIASES])}), a local directory, "
                         f"nor reachable on the Hugging Face hub ({reason}); {OFFLINE_HINT}")
+
+
+PICKLED_WEIGHTS = "pytorch_model.bin"
+
+
+def converted_models_dir() -> Path:
+    return Path(os.environ.get("ARXIVCLS_MODEL_CACHE", "~/.cache/arxivcls/models")).expanduser()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(2**24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ensure_safetensors(model_dir: str) -> str:
+    """A directory with the same model in safetensors: `model_dir` itself when it has them, else a
+    converted copy of its pickled `pytorch_model.bin` in arxivcls's cache (made once, keyed by the
+    file's hash; the user's directory and HF cache are never written)."""
+    source = Path(model_dir)
+    if any(source.glob("*.safetensors")):
+        return model_dir
+    pickled = source / PICKLED_WEIGHTS
+    if not pickled.is_file():
+        raise UserError(f"{model_dir} holds no weights (neither *.safetensors nor {PICKLED_WEIGHTS})")
+    target = converted_models_dir() / file_sha256(pickled)
+    if (target / "model.safetensors").is_file():
+        return str(target)
+    state_dict = load_pickled_state_dict(pickled)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
+    try:
+        from safetensors.torch import save_file
+
+        # clone: tied weights (BERT's decoder and word embeddings) share storage, which safetensors refuses
+        save_file({k: v.detach().clone().contiguous() for k, v in state_dict.items()},
+                  staging / "model.safetensors", metadata={"format": "pt"})
+        for item in source.iterdir():
+            if item.is_file() and item.name != PICKLED_WEIGHTS and not item.name.endswith((".bin", ".msgpack", ".h5")):
+                shutil.copy2(item, staging / item.name)
+        try:
+            os.rename(staging, target)
+        except OSError:  # another process converted the same file first
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
+def load_pickled_state_dict(path: Path) -> dict:
+    """Only through PyTorch's restricted unpickler (weights_only=True): tensors and plain containers.
+    A pickle that names any other callable (a code payload) is refused before anything runs."""
+    import torch
+
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:200]
+        raise UserError(f"refused to load {path}: it is not a plain tensor state dict ({reason})")
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                   for k, v in state_dict.items()):
+        raise UserError(f"refused to load {path}: expected a state dict of named tensors")
+    return state_dict
 
 
 def cpu_has_native_bf16() -> bool:
@@ -83,20 +165,44 @@ def load_classifier(model_dir: str, id2label: dict | None = None):
     import transformers
     from transformers import AutoModelForSequenceClassification
 
-    if not any(Path(model_dir).glob("*.safetensors")):
-        raise UserError(f"{model_dir} holds no safetensors weights (pickled weights are never loaded)")
+    model_dir = ensure_safetensors(model_dir)
     kwargs = {}
     if id2label is not None:
         id2label = {int(i): str(c) for i, c in id2label.items()}
         kwargs = dict(num_labels=len(id2label), id2label=id2label, label2id={c: i for i, c in id2label.items()},
                       ignore_mismatched_sizes=True)  # a head trained for other labels is replaced
-    verbosity = transformers.logging.get_verbosity()
+    verbosity, progress_bar = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()  # "newly initialized classifier" is expected here
+    transformers.logging.disable_progress_bar()
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             model_dir, use_safetensors=True, trust_remote_code=False, **kwargs)
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if progress_bar:
+            transformers.logging.enable_progress_bar()
+
+
+def wordpiece_vocabulary(texts: list[str], vocab_size: int) -> list[str]:
+    """A BERT-style uncased WordPiece vocabulary of exactly `vocab_size` tokens from `texts`.
+
+    Built here, not by tokenizers' WordPieceTrainer: that one breaks ties between equally frequent
+    candidates in hash-map order, so its vocabulary changes from one process to the next. Special
+    tokens, every character alone and as a ## continuation, the most frequent words (ties broken
+    by the word), then [unusedN] fillers as in BERT's own vocabularies.
+    """
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in words for c in word})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
+    taken = set(vocab)
+    frequent = [w for w, _ in sorted(words.items(), key=lambda item: (-item[1], item[0])) if w not in taken]
+    vocab += frequent[:max(0, vocab_size - len(vocab))]
+    return vocab + [f"[unused{i}]" for i in range(vocab_size - len(vocab))]
 
 
 def make_tiny_bert(directory, texts: list[str], num_labels: int = 2, seed: int = 0, vocab_size: int = 2000):
@@ -105,25 +211,14 @@ def make_tiny_bert(directory, texts: list[str], num_labels: int = 2, seed: int =
     Same BertForSequenceClassification code path as SciBERT, in seconds and with no network:
     for tests, smoke runs and benchmarks that measure the machinery rather than the model.
     """
-    from collections import Counter
-
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
-    # A vocabulary built here, not by tokenizers' WordPieceTrainer: that one breaks ties between
-    # equally frequent candidates in hash-map order, so its vocabulary (and with it the model)
-    # changed from one process to the next. Special tokens, every character alone and as a ##
-    # continuation, then the most frequent words, ties broken by the word.
-    words = Counter(w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
-    chars = sorted({c for word in words for c in word})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
-    taken = set(vocab)
-    frequent = [w for w, _ in sorted(words.items(), key=lambda item: (-item[1], item[0])) if w not in taken]
-    vocab += frequent[:max(0, vocab_size - len(vocab))]
+    words = wordpiece_vocabulary(texts, vocab_size)
+    vocab = [w for w in words if not w.startswith("[unused")]
     tok = Tokenizer(models.WordPiece(vocab={token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+    tok.normalizer, tok.pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
     tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]")
@@ -139,3 +234,42 @@ def make_tiny_bert(directory, texts: list[str], num_labels: int = 2, seed: int =
     model.save_pretrained(directory, safe_serialization=True)
     fast.save_pretrained(directory)
     return directory
+
+
+# allenai/scibert_scivocab_uncased's published config.json (BERT-base with its own 31,090-token vocabulary)
+SCIBERT_CONFIG = dict(
+    model_type="bert", architectures=["BertForMaskedLM"], vocab_size=31090, hidden_size=768, num_hidden_layers=12,
+    num_attention_heads=12, intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1, max_position_embeddings=512, type_vocab_size=2, initializer_range=0.02,
+    layer_norm_eps=1e-12,
+)
+
+
+def save_pickled_like_the_hub(model, directory: Path, vocab: list[str] | None = None) -> Path:
+    """config.json, vocab.txt and a pickled pytorch_model.bin (torch.save of the state dict), and
+    nothing else: the files the hub serves for SciBERT (transformers 5 writes only safetensors)."""
+    import json
+
+    import torch
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in model.config.to_dict().items() if k in SCIBERT_CONFIG or k in {"id2label", "label2id"}}
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    if vocab is not None:
+        (directory / "vocab.txt").write_text("".join(f"{token}\n" for token in vocab))
+    torch.save(model.state_dict(), directory / PICKLED_WEIGHTS)
+    return directory
+
+
+def make_scibert_shaped(directory, texts: list[str], seed: int = 0) -> Path:
+    """A randomly initialised model with SciBERT's exact architecture and vocabulary size, its
+    WordPiece vocabulary built from `texts`, saved as the hub serves SciBERT (pickled weights):
+    a full-size rehearsal of the SciBERT path with no hub and no GPU."""
+    import torch
+    from transformers import BertConfig, BertForPreTraining
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForPreTraining(BertConfig(**{k: v for k, v in SCIBERT_CONFIG.items() if k != "model_type"}))
+    return save_pickled_like_the_hub(model, directory, wordpiece_vocabulary(texts, SCIBERT_CONFIG["vocab_size"]))

@@ -205,7 +205,7 @@ def cpu_sample() -> tuple[float, float]:
 
 @contextmanager
 def local_ray(num_cpus: int = 2):
-    """A fresh local cluster of our own (address='local': never joins the lead's running cluster)."""
+    """A fresh local cluster of our own (address='local': never joins a cluster already running)."""
     import logging
 
     import ray

@@ -12,18 +12,18 @@ BERT whose WordPiece vocabulary is trained on those papers, max_length 128):
       objective = best val_macro_f1 over its epochs
   (b) arxivcls.tuning.run_study(config, evaluate=False): OptunaSearch (same TPE seed, the default
       point first) + ASHA (max_t = the epoch budget; grace 2, reduction factor 3 by default, chosen
-      on seeds 1 and 2 by replaying early stopping on (a)'s curves, then measured on fresh seeds),
+      by replaying early stopping on (a)'s curves of seeds 1 and 2, measured on seeds 3 and 4),
       patience 2 (the package default), trials of 1 CPU each, as many at a time as fit (2 here)
   (c) the same study with tune.scheduler: sync, synchronous successive halving (arxivcls.halving):
       trials pause at each rung until all have reached it; grace 2, reduction factor 2 by default
-      (the setting the replays of sessions 3-4 recommended; with 8 trials it spends at most
+      (the setting the replays of (a)'s curves favour; with 8 trials it spends at most
       8x2 + 4x2 + 2x4 = 32 of 64 epochs before patience, plus any epochs a resumed trial redoes)
 
 Epochs are counted as trained: for (b) and (c) study.json's trained_epochs, which includes epochs
 a trial resumed after a pause redoes (from its newest checkpoint, when the rung epoch was not its best).
 
-Both read the same tokenized data (prepared and tokenized once before either runs). Each seed runs
-(a) and (b) back to back in one process; the order alternates between seeds (a b, then b a).
+All read the same tokenized data (prepared and tokenized once per seed). Each seed runs the
+approaches back to back in one process; the order alternates between seeds (a b c, then c b a).
 """
 import argparse
 import dataclasses

@@ -358,7 +358,7 @@ def main(argv=None):
     if {"c", "h"} <= set(rows):
         c, h = rows["c"], rows["h"]
         report.add("## (c) against HF's best in the same precision\n")
-        report.add("(b) is the issue's definition of HF's best: fp32. A user who knows this CPU multiplies bf16 "
+        report.add("(b) is the benchmark's definition of HF's best: fp32, HF's default. A user who knows this CPU multiplies bf16 "
                    "natively sets `bf16=True` and gets (h); this is the comparison at equal precision.\n")
         report.add(md_table([
             {"comparison": "(h) / (b): HF Trainer, bf16 autocast vs fp32", "papers/s": h["papers/s"] / rows["b"]["papers/s"]

@@ -15,6 +15,12 @@ os.environ.setdefault("ARXIVCLS_NO_MPS", "1")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "arxiv_papers.parquet"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def converted_model_cache(tmp_path_factory):
+    """Safetensors copies of pickled test models go under pytest's tmp, never ~/.cache."""
+    os.environ.setdefault("ARXIVCLS_MODEL_CACHE", str(tmp_path_factory.mktemp("converted_models")))
+
+
 @pytest.fixture(scope="session")
 def real_papers() -> pd.DataFrame:
     """~1,200 real papers from 6 categories (a fixed sample of ../shared/data)."""

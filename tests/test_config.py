@@ -62,3 +62,11 @@ def test_missing_and_invalid_yaml(tmp_path):
     bad.write_text("train: {learning_rate: [\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_config(str(bad))
+
+
+def test_one_searched_parameter_is_overridden_and_validated():
+    config = load_config("tune/scibert.yaml", ["tune.search_space.batch_size={type: choice, values: [2, 4]}"])
+    assert config.tune.search_space["batch_size"] == {"type": "choice", "values": [2, 4]}
+    assert config.tune.search_space["learning_rate"]["type"] == "loguniform"  # the others are kept
+    with pytest.raises(UserError, match="batch_size"):
+        load_config("tune/scibert.yaml", ["tune.search_space.batch_size={type: choice, values: [0]}"])

@@ -1,4 +1,5 @@
-"""Security defaults: safetensors only, no remote code, token auth on, dashboard on loopback."""
+"""Security defaults: pickles only through the restricted unpickler, no remote code, token auth on,
+dashboard on loopback."""
 import re
 import subprocess
 import sys
@@ -14,15 +15,15 @@ from arxivcls.models import load_classifier, resolve_model
 PACKAGE = Path(__file__).resolve().parents[1] / "arxivcls"
 
 
-def test_pickled_weights_are_never_loaded(tiny_bert, tmp_path):
+def test_pickled_weights_that_are_not_a_state_dict_are_refused(tiny_bert, tmp_path):
     unsafe = tmp_path / "unsafe"
     unsafe.mkdir()
     (unsafe / "config.json").write_text((tiny_bert / "config.json").read_text())
     (unsafe / "pytorch_model.bin").write_bytes(b"pickle payload would run code on load")
-    with pytest.raises(UserError, match="no safetensors weights"):
+    with pytest.raises(UserError, match="refused to load .*not a plain tensor state dict"):
         load_classifier(str(unsafe))
-    reliability.record("security", "model directory with only pickled weights (pytorch_model.bin)",
-                       "refused: only safetensors are loaded")
+    reliability.record("security", "model directory whose pytorch_model.bin is not a plain tensor state dict",
+                       "refused: pickled weights load only through torch.load(weights_only=True), then as a safetensors copy")
 
 
 def test_no_remote_code_anywhere_in_the_package():

@@ -89,6 +89,15 @@ def predict_proba(model, split: TokenizedSplit, rows: np.ndarray, batch_size: in
     return probs, loss_sum
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (Linux reports kilobytes, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 def better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
@@ -319,6 +328,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             val_loss=val_loss_sum / max(1, len(labels)), train_loss=loss_total / max(1, papers),
             epoch=epoch + 1, planned_epochs=train.epochs, trained_epochs=trained_epochs,
             epoch_seconds=time.perf_counter() - started, train_papers_per_s=papers * world_size / train_seconds,
+            train_seconds_per_step=train_seconds / max(1, len(batches)), peak_rss_gb=peak_rss_bytes() / 1e9,
         )
         improved = better(metrics[train.metric], best, train.mode)
         if improved:

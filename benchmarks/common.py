@@ -119,7 +119,7 @@ class Report:
     def write(self) -> Path:
         from arxivcls.files import atomic_write_text
 
-        path = RESULTS / f"{self.name}.md"
+        path = RESULTS / f"{os.environ.get('ARXIVCLS_BENCH_PREFIX', '')}{self.name}.md"  # gpu_check.sh: gpu_
         text = self.text()
         atomic_write_text(path, text)
         print(text)

@@ -112,3 +112,14 @@ def test_evaluation_writes_the_full_results_and_is_reproducible(study, ray_local
     assert len(predictions) == json.loads((results / "study.json").read_text())["data"]["split_sizes"]["test"]
     evaluate_study(results, log=lambda *_: None)  # `arxivcls evaluate` again: the same table
     pd.testing.assert_frame_equal(comparison, pd.read_csv(results / "comparison.csv", index_col=0))
+
+
+def test_plan_matches_what_the_study_did(study):
+    from arxivcls.plan import plan_study
+
+    info = json.loads((study["results"] / "study.json").read_text())
+    plan = plan_study(study["config"])  # on the same local Ray cluster, now idle again
+    assert plan["resources"]["source"] == "ray"
+    assert plan["trials"] == info["num_trials"] and plan["concurrency"] == info["concurrency"]
+    assert info["trial_epochs"] <= plan["max_trial_epochs"]["asha"]
+    assert plan["data"]["split_sizes"] == info["data"]["split_sizes"]

@@ -85,3 +85,16 @@ def test_only_improving_epochs_are_checkpointed_and_a_restart_does_not_report_ep
     assert reports.read_text().split() == ["1", "1", "2", "0", "3", "0", "4", "0"]
     last = last_reported_metrics(config.train.storage_path, "redo")
     assert last["epoch"] == 4 and last["stopped_by_patience"] == 0
+
+
+def test_arxivcls_train_on_a_model_served_as_pickled_weights(ray_local, papers_file, tiny_bert, tmp_path):
+    from arxivcls.train import run_training
+    from test_pickled_weights import hub_style_copy
+
+    pickled = hub_style_copy(tiny_bert, tmp_path / "hub")
+    config = tiny_config(papers_file, pickled, tmp_path, epochs=1, output_dir=str(tmp_path / "model"))
+    outcome = run_training(config, log=lambda *_: None)
+    exported = Path(outcome["model_dir"])
+    assert (exported / "model.safetensors").is_file() and (exported / "vocab.txt").is_file()
+    assert outcome["metrics"]["val_accuracy"] > 0 and outcome["metrics"]["peak_rss_gb"] > 0
+    assert sorted(p.name for p in pickled.iterdir()) == ["config.json", "pytorch_model.bin", "vocab.txt"]

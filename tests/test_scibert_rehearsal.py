@@ -1,0 +1,24 @@
+"""tune/scibert.yaml itself, end to end on this CPU, with a SciBERT-shaped model served as pickled weights."""
+import pytest
+
+from benchmarks.scibert_rehearsal import rehearse
+from conftest import SHARED_DATA
+
+pytestmark = pytest.mark.slow
+
+
+def test_scibert_shaped_study_trains_tunes_evaluates_and_predicts(tmp_path):
+    if not SHARED_DATA.is_file():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    found = rehearse(tmp_path, str(SHARED_DATA))
+    study = found["study"]
+    assert sorted(p.name for p in found["model_dir"].iterdir()) == ["config.json", "pytorch_model.bin", "vocab.txt"]
+    assert study["config"]["data"]["max_length"] == 512 and study["num_trials"] == 2
+    assert "error" not in study["trials_by_status"]
+    assert "model.safetensors" in found["exported_files"] and "pytorch_model.bin" not in found["exported_files"]
+    assert {"model.safetensors", "training_state.pt"} <= set(found["checkpoint_files"])
+    assert found["checkpoint_bytes"] > 1.2e9  # 110M fp32 weights + two AdamW moments
+    assert study["disk"]["estimated_need_gb"] * 1e9 >= 2 * found["checkpoint_bytes"]  # keep + 1 per trial, 2 trials
+    assert all(0 < r["peak_rss_gb"] < 20 and r["train_seconds_per_step"] > 0 for r in found["reports"])
+    assert set(found["evaluation"].model) >= {"tuned", "default", "baseline"}
+    assert len(found["prediction"].strip().splitlines()) == 3  # top-3 lines with probabilities and names

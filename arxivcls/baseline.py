@@ -1,31 +1,14 @@
 """TF-IDF + linear classifier: what a user would try before fine-tuning a transformer.
 
-Features: word 1-2 grams, sublinear tf, min_df=2 once the corpus is big enough for that to
-prune typos rather than real vocabulary.
-
-Classifier: SGDClassifier(loss="log_loss", alpha=5e-6), one-vs-rest, at most 15 epochs with
-the default tolerance to stop once the loss stops improving. Measured on real papers from
-arxiv_papers.parquet (title + abstract, a random sample, 88-112 of the 155 classes present,
-2,000 other papers held out; 2 CPU cores shared with other jobs, so times vary by ~1.5x).
-Fit times are the classifier alone; TF-IDF adds ~1.2 s at 3k papers and ~3.7 s at 10k.
-
-    train papers  classifier                        fit     accuracy  macro F1  top-3   ECE
-    3,000         SGD log_loss (this one)          1-3 s    0.657     0.115     0.834   0.070
-    10,000        SGD log_loss (this one)          6.8 s    0.697     0.162     0.885   0.029
-    10,000        SGD log_loss, 15 full epochs    14 s      0.699     0.165     0.886   0.029
-    10,000        LinearSVC + softmax(margins)     8.5 s    0.705     0.169     0.894   0.671
-    10,000        LogisticRegression(saga)        27 s      0.692     0.151     0.875   0.037
-    3,000         LogisticRegression(lbfgs)       63 s      0.644     0.090     0.806   -
-
-LinearSVC is a hair more accurate but has no probabilities: a softmax of its margins puts
-~0.03 on the top class (ECE 0.67), and calibrating it needs cross-validation folds that the
-rarest classes cannot fill. SGD with log loss gives usable probabilities (ECE ~0.03) for
-top-3 accuracy and confidence at a similar fit time, and is the fastest probabilistic option.
-Its cost grows with papers x classes x epochs (~0.7-1.3 ms per paper here, rising with the
-class count), which extrapolates to minutes, not hours, for ~200k papers and 150 classes.
+Word 1-2 grams with sublinear tf, and SGDClassifier(loss="log_loss") one-vs-rest for usable
+probabilities at a fit time of seconds (docs/design.md compares the alternatives). A fitted
+baseline is saved as plain JSON and arrays (no pickle) and loads without running any code.
 """
+import json
 import time
 import warnings
+
+from pathlib import Path
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -33,6 +16,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import SGDClassifier
 
 MIN_DOCS_FOR_MIN_DF = 1000  # below this, a word seen once is still worth keeping
+SAVED_PARAMS = ("ngram_range", "sublinear_tf", "min_df", "lowercase", "token_pattern", "norm", "use_idf", "smooth_idf")
 
 
 class Baseline:
@@ -53,6 +37,44 @@ class Baseline:
         else:
             proba[:, self.classes] = self.classifier.predict_proba(self.vectorizer.transform(texts))
         return proba
+
+    def save(self, directory, label_names: list[str]) -> None:
+        """vectorizer.json (settings, vocabulary, labels) + weights.npz (idf, coefficients, classes)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        params = {k: v for k, v in self.vectorizer.get_params().items() if k in SAVED_PARAMS}
+        vocabulary = {term: int(i) for term, i in self.vectorizer.vocabulary_.items()}
+        (directory / "vectorizer.json").write_text(json.dumps(
+            {"kind": "tfidf-linear", "params": params, "vocabulary": vocabulary, "labels": list(label_names)}))
+        coef = self.classifier.coef_ if self.classifier is not None else np.zeros((0, len(vocabulary)))
+        intercept = self.classifier.intercept_ if self.classifier is not None else np.zeros(0)
+        np.savez(directory / "weights.npz", idf=self.vectorizer.idf_, coef=coef, intercept=intercept, classes=self.classes)
+
+
+class SavedLinear:
+    """The fitted one-vs-rest log-loss classifier, as SGDClassifier.predict_proba computes it."""
+
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray):
+        self.coef, self.intercept = coef, intercept
+
+    def predict_proba(self, features) -> np.ndarray:
+        scores = 1 / (1 + np.exp(-(features @ self.coef.T + self.intercept)))
+        if scores.shape[1] == 1:  # two classes: one score, for the second class
+            return np.hstack([1 - scores, scores])
+        return scores / scores.sum(axis=1, keepdims=True)
+
+
+def load_baseline(directory) -> tuple[Baseline, list[str]]:
+    """A saved baseline and its label names; arrays load with allow_pickle=False."""
+    directory = Path(directory)
+    saved = json.loads((directory / "vectorizer.json").read_text())
+    params = {**saved["params"], "ngram_range": tuple(saved["params"]["ngram_range"])}
+    vectorizer = TfidfVectorizer(**params, vocabulary=saved["vocabulary"])
+    with np.load(directory / "weights.npz", allow_pickle=False) as arrays:
+        vectorizer.idf_ = arrays["idf"]
+        classifier = SavedLinear(arrays["coef"], arrays["intercept"]) if len(arrays["coef"]) else None
+        classes = arrays["classes"]
+    return Baseline(vectorizer, classifier, classes, len(saved["labels"]), 0.0), saved["labels"]
 
 
 def fit_baseline(texts: list[str], labels: np.ndarray, num_classes: int, seed: int = 0) -> Baseline:

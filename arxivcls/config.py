@@ -15,8 +15,9 @@ from arxivcls.errors import UserError
 
 @dataclass
 class DataConfig:
-    path: str = "../shared/data/arxiv_papers.parquet"
+    path: str = "data/arxiv_sample.parquet"  # the embedded sample; --data for the full file or your own
     min_per_class: int = 5  # the original study dropped classes under 5 papers
+    top_categories: int = 0  # 0 = all; else only the K categories with the most papers in the file
     max_papers: int = 0  # 0 = all; else a stratified sample of this size
     max_per_class: int = 0  # 0 = no cap; caps huge classes (math.AP) before sampling
     val_fraction: float = 0.1
@@ -254,6 +255,7 @@ def validate(config: Config) -> None:
     _check(d.min_per_class >= 1, "data.min_per_class must be >= 1")
     _check(d.max_papers >= 0, "data.max_papers must be >= 0")
     _check(d.max_per_class >= 0, "data.max_per_class must be >= 0")
+    _check(d.top_categories >= 0, "data.top_categories must be >= 0")
     _check(0 < d.val_fraction < 0.5 and 0 < d.test_fraction < 0.5, "data.val_fraction and data.test_fraction must be in (0, 0.5)")
     _check(8 <= d.max_length <= 8192, "data.max_length must be between 8 and 8192")
     validate_train(config.train)

@@ -171,6 +171,11 @@ def prepare(cfg: DataConfig, log=print) -> Prepared:
 
     papers, schema, dropped = normalize(read_table(cfg.path))
     log(f"read {cfg.path}: schema {schema}, {len(papers)} usable papers, {papers.category.nunique()} categories")
+    if cfg.top_categories:
+        counts = papers.category.value_counts()
+        largest = sorted(counts.index, key=lambda c: (-counts[c], c))[:cfg.top_categories]  # ties: by name
+        papers = papers[papers.category.isin(largest)].reset_index(drop=True)
+        log(f"top_categories={cfg.top_categories}: {len(papers)} papers of the {len(largest)} largest categories")
     if cfg.max_per_class:
         shuffled = papers.sample(frac=1.0, random_state=cfg.seed)
         papers = shuffled.groupby("category").head(cfg.max_per_class).reset_index(drop=True)

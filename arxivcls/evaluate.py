@@ -2,8 +2,11 @@
 
 The test split is read here and nowhere before. Models: `default` (the study's default-configuration
 trial), `tuned` (the best trial), `tuned+logit_adj` (post-hoc logit adjustment, Menon et al. 2021),
-the TF-IDF `baseline`, and any extra `--model NAME=PATH`.
+the TF-IDF `baseline`, `ensemble` (tuned + baseline, arxivcls.ensemble), and any extra
+`--model NAME=PATH`. Every metric gets a bootstrap interval and every comparison a paired one
+(arxivcls.stats).
 """
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -120,104 +123,202 @@ def choose_tau(val_probs: np.ndarray, val_labels: np.ndarray, prior: np.ndarray,
 
 # ---------------------------------------------------------------- the stage
 
-def evaluate_study(results_dir, extra_models: dict | None = None, address: str | None = None, log=print) -> Path:
-    from arxivcls import report
-    from arxivcls.baseline import fit_baseline
-    from arxivcls.data import load_prepared
-    from arxivcls.metrics import classification_metrics, confusion_pairs, largest_differences, per_category_table, size_bin_table
-    from arxivcls.train import connect_ray
+PAIRS = [("tuned", "default"), ("tuned", "baseline"), ("ensemble", "baseline"), ("ensemble", "tuned"),
+         ("tuned+logit_adj", "tuned")]
+IDENTICAL_BECAUSE = {"default": "the default trial won", "tuned+logit_adj": "validation chose tau 0 (no adjustment)",
+                     "ensemble": "validation gave one model all the weight"}
 
-    results_dir = Path(results_dir)
+
+@dataclasses.dataclass
+class Inference:
+    """How the study's models are run: as they were trained and validated."""
+    max_length: int
+    batch_size: int
+    num_actors: int
+    precision: str
+
+    def predict(self, model_dir: str, texts: list[str]) -> np.ndarray:
+        return predict_with_ray_data(model_dir, texts, self.max_length, self.batch_size, self.num_actors, self.precision)
+
+
+def read_study(results_dir: Path, extra_models: dict | None) -> tuple[dict, dict]:
+    """study.json and the models to compare (the study's and any --model NAME=PATH)."""
     study_file = results_dir / "study.json"
     if not study_file.is_file():
         raise UserError(f"{results_dir} holds no study.json: not a finished study's results directory")
     study = json.loads(study_file.read_text())
-    prepared = load_prepared(study["prepared_data"])
-    config = study["config"]
-    max_length, batch_size = config["data"]["max_length"], config["eval"]["batch_size"]
-    precision = config["train"].get("precision", "auto")  # inference in the precision the models trained in
     models = dict(study["models"])
     for name, path in (extra_models or {}).items():
         if not (Path(path) / "config.json").is_file():
             raise UserError(f"--model {name}={path}: not a saved model directory")
         models[name] = path
-    connect_ray(address, log=log)
+    for name, path in models.items():
+        if not (Path(path) / "config.json").is_file():
+            raise UserError(f"model '{name}' of this study is missing at {path}: run the study (arxivcls tune) on this machine first")
+    if study.get("best_trial", {}).get("trial_id") == study.get("default_trial", {}).get("trial_id"):
+        models.pop("default", None)  # the same checkpoint: predicted once, reported as tuned
+    return study, models
 
-    test = prepared.load_split("test")  # first and only read of the test split
-    labels = test.label.to_numpy()
-    label_names = [prepared.id2label[i] for i in range(prepared.num_labels)]
-    texts = test.text.tolist()
+
+def predict_models(models: dict, texts: list[str], inference: Inference, log) -> tuple[dict, dict]:
     probs, seconds = {}, {}
     for name, model_dir in models.items():
         started = time.perf_counter()
-        probs[name] = predict_with_ray_data(model_dir, texts, max_length, batch_size, config["eval"]["num_actors"], precision)
+        probs[name] = inference.predict(model_dir, texts)
         seconds[name] = time.perf_counter() - started
         log(f"evaluated {name} on {len(texts)} test papers in {seconds[name]:.1f}s")
+    return probs, seconds
 
-    tau = None
-    if config["eval"].get("logit_adjust", True) and "tuned" in models:
-        val = prepared.load_split("val")
-        val_probs = predict_with_ray_data(models["tuned"], val.text.tolist(), max_length, batch_size,
-                                          config["eval"]["num_actors"], precision)
+
+def add_derived_models(probs: dict, seconds: dict, prepared, study: dict, inference: Inference, test_texts: list[str], log) -> dict:
+    """tuned+logit_adj, baseline and ensemble, each tuned on validation; what was chosen and saved."""
+    from arxivcls.baseline import fit_baseline
+    from arxivcls.ensemble import choose_weight, mix, save_ensemble
+    from arxivcls.files import atomic_directory
+
+    eval_cfg, val = study["config"]["eval"], prepared.load_split("val")
+    label_names = [prepared.id2label[i] for i in range(prepared.num_labels)]
+    val_tuned = inference.predict(study["models"]["tuned"], val.text.tolist()) if "tuned" in probs else None
+    chosen = {}
+    if val_tuned is not None and eval_cfg.get("logit_adjust", True):
         counts = np.array([prepared.train_counts[c] for c in label_names], dtype=np.float64)
         prior = counts / counts.sum()
-        tau = choose_tau(val_probs, val.label.to_numpy(), prior)
-        probs["tuned+logit_adj"] = logit_adjust(probs["tuned"], prior, tau)
-        log(f"logit adjustment: tau={tau} chosen on validation macro F1")
+        chosen["logit_adjust_tau"] = choose_tau(val_tuned, val.label.to_numpy(), prior)
+        probs["tuned+logit_adj"] = logit_adjust(probs["tuned"], prior, chosen["logit_adjust_tau"])
+    if not eval_cfg.get("baseline", True):
+        return chosen
+    train = prepared.load_split("train")
+    baseline = fit_baseline(train.text.tolist(), train.label.to_numpy(), prepared.num_labels, seed=study["config"]["data"]["seed"])
+    started = time.perf_counter()
+    probs["baseline"] = baseline.predict_proba(test_texts)
+    seconds["baseline"] = time.perf_counter() - started
+    chosen["baseline_fit_seconds"] = baseline.fit_seconds
+    models_dir = Path(study["models"]["tuned"]).parent
+    with atomic_directory(models_dir / "baseline") as staging:
+        baseline.save(staging, label_names)
+    if val_tuned is not None:
+        weight = choose_weight(val_tuned, baseline.predict_proba(val.text.tolist()), val.label.to_numpy())
+        probs["ensemble"] = mix(probs["tuned"], probs["baseline"], weight)
+        with atomic_directory(models_dir / "ensemble") as staging:
+            save_ensemble(staging, models_dir / "tuned", models_dir / "baseline", weight, inference.max_length, inference.precision)
+        chosen.update(ensemble_weight=weight, ensemble_dir=str(models_dir / "ensemble"))
+        log(f"ensemble: transformer weight {weight} chosen on validation macro F1 (test papers: {len(test_texts)})")
+    return chosen
 
-    baseline_seconds = None
-    if config["eval"].get("baseline", True):
-        train = prepared.load_split("train")
-        baseline = fit_baseline(train.text.tolist(), train.label.to_numpy(), prepared.num_labels, seed=config["data"]["seed"])
-        started = time.perf_counter()
-        probs["baseline"] = baseline.predict_proba(texts)
-        seconds["baseline"] = time.perf_counter() - started
-        baseline_seconds = baseline.fit_seconds
-        log(f"baseline (TF-IDF + linear) fitted in {baseline.fit_seconds:.1f}s")
 
-    top_k = config["eval"]["top_k"]
+def identical_models(probs: dict) -> dict:
+    """copy -> (original, why) for every model whose predictions equal an earlier model's; copies are dropped."""
+    identical, names = {}, list(probs)
+    for i, name in enumerate(names):
+        original = next((other for other in names[:i] if other not in identical and np.array_equal(probs[other], probs[name])), None)
+        if original is not None:
+            identical[name] = (original, IDENTICAL_BECAUSE.get(name, "the same predictions"))
+    for name in identical:
+        probs.pop(name)
+    return identical
+
+
+def compare(probs: dict, labels: np.ndarray, prepared, top_k: int, seed: int) -> dict:
+    """Point metrics, bootstrap intervals, paired differences and the per-category tables."""
+    from arxivcls import stats
+    from arxivcls.metrics import classification_metrics, confusion_pairs, largest_differences, per_category_table, size_bin_table
+
+    label_names = [prepared.id2label[i] for i in range(prepared.num_labels)]
     comparison = pd.DataFrame({name: classification_metrics(labels, p, top_k=top_k) for name, p in probs.items()}).T
     comparison.index.name = "model"
+    papers = {name: stats.point_metrics(labels, p, top_k) for name, p in probs.items()}
+    samples = stats.bootstrap(papers, seed=seed)
+    points = {name: stats.scores(paper) for name, paper in papers.items()}
+    pairs = [pair for pair in PAIRS if set(pair) <= set(probs)]
     predicted = {name: p.argmax(axis=1) for name, p in probs.items()}
     per_category = per_category_table(labels, predicted, label_names, prepared.train_counts)
-    size_bins = size_bin_table(labels, predicted, label_names, prepared.train_counts)
     focus = "tuned" if "tuned" in predicted else next(iter(predicted))
-    pairs = confusion_pairs(labels, predicted[focus], label_names)
-    differences = (largest_differences(per_category, focus, "baseline") if "baseline" in predicted and focus != "baseline"
-                   else pd.DataFrame())
-    predictions = pd.DataFrame({"id": test.id, "true": test.category})
-    for name, p in probs.items():
-        predictions[f"{name}_pred"] = [label_names[i] for i in predicted[name]]
-        predictions[f"{name}_confidence"] = p.max(axis=1)
+    return {"comparison": comparison, "intervals": stats.intervals(samples),
+            "differences": stats.paired_differences(samples, points, pairs, ["accuracy", "macro_f1"]),
+            "categories": per_category, "size_bins": size_bin_table(labels, predicted, label_names, prepared.train_counts),
+            "confusion_pairs": confusion_pairs(labels, predicted[focus], label_names),
+            "category_differences": (largest_differences(per_category, focus, "baseline")
+                                     if "baseline" in predicted and focus != "baseline" else pd.DataFrame()),
+            "predicted": predicted, "focus": focus, "label_names": label_names}
 
-    trials = pd.read_csv(results_dir / "trials.csv") if (results_dir / "trials.csv").is_file() else pd.DataFrame()
-    history = pd.read_csv(results_dir / "history.csv") if (results_dir / "history.csv").is_file() else pd.DataFrame()
-    evaluation = {"test_papers": len(texts), "inference_seconds": seconds, "logit_adjust_tau": tau,
-                  "baseline_fit_seconds": baseline_seconds, "models": models}
+
+def draw_plots(out_dir: Path, tables: dict, probs: dict, labels: np.ndarray, trials: pd.DataFrame,
+               history: pd.DataFrame, tune_cfg: dict) -> tuple[dict, dict]:
+    from arxivcls import plots
+
+    models, focus, metric = list(probs), tables["focus"], tune_cfg["metric"]
+    calibration = {m: (probs[m].max(axis=1), tables["predicted"][m] == labels) for m in ("tuned", "baseline", "ensemble") if m in probs}
+    drawn = {
+        "optimization_history": plots.plot_optimization_history(out_dir, trials, metric, tune_cfg["mode"]),
+        "learning_curves": plots.plot_learning_curves(out_dir, history, metric),
+        "confusion_matrix": plots.plot_confusion_heatmap(out_dir, labels, tables["predicted"][focus], tables["label_names"], focus),
+        "reliability": plots.plot_reliability(out_dir, calibration),
+        "confusion_pairs": plots.plot_confusion_pairs(out_dir, tables["confusion_pairs"], focus),
+        "size_bins": plots.plot_size_bins(out_dir, tables["size_bins"], models),
+        "category_f1": plots.plot_category_f1(out_dir, tables["categories"], models),
+    }
+    absent = {}
+    why = plots.importance_absent_reason(trials)
+    if why:
+        absent["param_importance"] = why
+    else:
+        params = [c for c in trials.columns if c.startswith("p_")]
+        drawn["param_importance"] = plots.plot_param_importance(
+            out_dir, trials.rename(columns={"best_metric": metric}), params, metric, tune_cfg["mode"])
+    return drawn, absent
+
+
+def write_results(results_dir: Path, study: dict, tables: dict, probs: dict, test: pd.DataFrame, evaluation: dict) -> None:
+    from arxivcls import report
+
+    read = lambda name: pd.read_csv(results_dir / name) if (results_dir / name).is_file() else pd.DataFrame()
+    trials, history = read("trials.csv"), read("history.csv")
+    comparison = tables["comparison"].assign(inference_seconds=pd.Series(evaluation["inference_seconds"]))
     with atomic_directory(results_dir) as staging:
         for name in ("study.json", "trials.csv", "history.csv"):
             if (results_dir / name).is_file():
                 (staging / name).write_bytes((results_dir / name).read_bytes())
-        report.write_tables(staging, {"comparison": comparison, "categories": per_category, "size_bins": size_bins,
-                                      "confusion_pairs": pairs, "differences": differences})
+        report.write_tables(staging, {"comparison": comparison, "intervals": tables["intervals"],
+                                      "differences": tables["differences"], "categories": tables["categories"],
+                                      "size_bins": tables["size_bins"], "confusion_pairs": tables["confusion_pairs"],
+                                      "category_differences": tables["category_differences"]})
+        predictions = pd.DataFrame({"id": test.id, "true": test.category})
+        for name, p in probs.items():
+            predictions[f"{name}_pred"] = [tables["label_names"][i] for i in tables["predicted"][name]]
+            predictions[f"{name}_confidence"] = p.max(axis=1)
         predictions.to_parquet(staging / "predictions.parquet", index=False)
         (staging / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
-        model_names = list(probs)
-        metric = config["tune"]["metric"]
-        param_columns = [c for c in trials.columns if c.startswith("p_")]
-        plots = {
-            "size_bins": report.plot_size_bins(staging, size_bins, model_names),
-            "category_f1": report.plot_category_f1(staging, per_category, model_names),
-            "confusion_pairs": report.plot_confusion_pairs(staging, pairs, focus),
-            "learning_curves": report.plot_learning_curves(staging, history, metric) if not history.empty else None,
-            "param_importance": (report.plot_param_importance(staging, trials.rename(columns={"best_metric": metric}), param_columns, metric, config["tune"]["mode"])
-                                 if not trials.empty else None),
-        }
+        drawn, absent = draw_plots(staging, tables, probs, test.label.to_numpy(), trials, history, study["config"]["tune"])
         report.write_report_md(staging, {
-            "study_name": study.get("study", results_dir.name), "comparison": comparison, "size_bins": size_bins,
-            "per_category": per_category, "confusion_pairs": pairs, "differences": differences, "plots": plots,
-            "study": {**study, "inference_seconds": seconds, "logit_adjust_tau": tau}, "baseline_fit_seconds": baseline_seconds,
+            **tables, "study_name": study.get("study", results_dir.name), "comparison": comparison, "trials": trials,
+            "metric": study["config"]["tune"]["metric"], "identical": evaluation["identical"], "test_papers": len(test),
+            "plots": drawn, "absent_plots": absent, "baseline_fit_seconds": evaluation.get("baseline_fit_seconds"),
+            "study": {k: v for k, v in study.items() if k not in {"config", "models"}},
         })
+
+
+def evaluate_study(results_dir, extra_models: dict | None = None, address: str | None = None, log=print) -> Path:
+    from arxivcls.data import load_prepared
+    from arxivcls.raycluster import connect_ray
+    from arxivcls.stats import N_RESAMPLES
+
+    results_dir = Path(results_dir)
+    study, models = read_study(results_dir, extra_models)
+    prepared = load_prepared(study["prepared_data"])
+    config = study["config"]
+    inference = Inference(config["data"]["max_length"], config["eval"]["batch_size"], config["eval"]["num_actors"],
+                          config["train"].get("precision", "auto"))  # inference in the precision the models trained in
+    connect_ray(address, log=log)
+    test = prepared.load_split("test")  # first and only read of the test split
+    probs, seconds = predict_models(models, test.text.tolist(), inference, log)
+    chosen = add_derived_models(probs, seconds, prepared, study, inference, test.text.tolist(), log)
+    identical = identical_models(probs)
+    if "default" in study["models"] and "default" not in models:
+        identical = {"default": ("tuned", IDENTICAL_BECAUSE["default"]), **identical}
+    tables = compare(probs, test.label.to_numpy(), prepared, config["eval"]["top_k"], config["data"]["seed"])
+    evaluation = {"test_papers": len(test), "inference_seconds": seconds, **chosen, "models": models,
+                  "identical": identical, "bootstrap": {"resamples": N_RESAMPLES, "seed": config["data"]["seed"]}}
+    write_results(results_dir, study, tables, probs, test, evaluation)
     log(f"results written to {results_dir}/ (report.md, comparison.csv, ...)")
-    log(comparison[["accuracy", "macro_f1", "weighted_f1", f"top{top_k}_accuracy"]].round(4).to_string())
+    log(tables["comparison"][["accuracy", "macro_f1", "weighted_f1"]].round(4).to_string())
     return results_dir

@@ -95,9 +95,7 @@ def ensure_safetensors(model_dir: str) -> str:
     try:
         from safetensors.torch import save_file
 
-        # clone: tied weights (BERT's decoder and word embeddings) share storage, which safetensors refuses
-        save_file({k: v.detach().clone().contiguous() for k, v in state_dict.items()},
-                  staging / "model.safetensors", metadata={"format": "pt"})
+        save_file(without_tied_copies(state_dict), staging / "model.safetensors", metadata={"format": "pt"})
         for item in source.iterdir():
             if item.is_file() and item.name != PICKLED_WEIGHTS and not item.name.endswith((".bin", ".msgpack", ".h5")):
                 shutil.copy2(item, staging / item.name)
@@ -109,6 +107,19 @@ def ensure_safetensors(model_dir: str) -> str:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+def without_tied_copies(state_dict: dict) -> dict:
+    """One entry per tensor: tied weights (BERT's MLM decoder is its word embeddings) share storage,
+    which safetensors refuses; transformers ties them again on load."""
+    kept, seen = {}, set()
+    for name, tensor in sorted(state_dict.items()):
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        kept[name] = tensor.contiguous()
+    return kept
 
 
 def load_pickled_state_dict(path: Path) -> dict:

@@ -29,24 +29,19 @@ def read_papers(path: str) -> pd.DataFrame:
 
 def predict_cli(args) -> None:
     from arxivcls.categories import category_name
-    from arxivcls.evaluate import predict_in_process
+    from arxivcls.ensemble import load_predictor
 
-    model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"--model {args.model}: not a saved model directory (no config.json)")
     if args.top_k < 1:
         raise UserError("--top-k must be >= 1")
     if bool(args.input) == bool(args.title):
         raise UserError("give either --title (with --abstract) or --input FILE")
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    id2label = {int(i): c for i, c in config.id2label.items()}
+    if not Path(args.model).is_dir():
+        raise UserError(f"--model {args.model}: no such directory")
+    predict_probs, id2label = load_predictor(args.model)
     papers = read_papers(args.input) if args.input else pd.DataFrame({"id": ["paper"], "text": [f"{args.title} {args.abstract}".strip()]})
     if papers.empty:
         raise UserError(f"{args.input} holds no papers")
-    max_length = min(512, getattr(config, "max_position_embeddings", 512))
-    ranked = top_k(predict_in_process(str(model_dir), papers.text.tolist(), max_length), id2label, args.top_k)
+    ranked = top_k(predict_probs(papers.text.tolist()), id2label, args.top_k)
 
     if args.output:
         out = Path(args.output)

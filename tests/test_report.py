@@ -3,10 +3,11 @@ import pandas as pd
 import pytest
 
 from arxivcls.metrics import per_category_table, size_bin_table
-from arxivcls.report import (
-    param_importances, plot_category_f1, plot_confusion_pairs, plot_learning_curves, plot_param_importance,
-    plot_size_bins, write_report_md, write_tables,
+from arxivcls.plots import (
+    importance_absent_reason, param_importances, plot_category_f1, plot_confusion_heatmap, plot_confusion_pairs,
+    plot_learning_curves, plot_optimization_history, plot_param_importance, plot_reliability, plot_size_bins,
 )
+from arxivcls.report import write_report_md, write_tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MODELS = ["baseline", "default", "tuned"]
@@ -32,44 +33,69 @@ def size_bins(small_accuracy):
     return table
 
 
+def intervals(table, half_width=0.03):
+    return pd.DataFrame({**{f"{m}_low": table[m] - half_width for m in ("accuracy", "macro_f1")},
+                         **{f"{m}_high": table[m] + half_width for m in ("accuracy", "macro_f1")}})
+
+
+def differences(rows):
+    return pd.DataFrame([{"model": m, "reference": r, "metric": metric, "difference": d, "low": lo, "high": hi, "verdict": v}
+                         for m, r, metric, d, lo, hi, v in rows])
+
+
 def context(accuracy, macro_f1, small_accuracy):
+    table = comparison(accuracy, macro_f1)
     return {
         "study_name": "unit",
-        "comparison": comparison(accuracy, macro_f1),
+        "comparison": table,
+        "intervals": intervals(table),
+        "differences": differences([
+            ("tuned", "default", "accuracy", 0.02, -0.01, 0.05, "no significant difference"),
+            ("tuned", "baseline", "macro_f1", -0.05, -0.09, -0.01, "worse"),
+        ]),
+        "identical": {"tuned+logit_adj": ("tuned", "validation chose tau 0 (no adjustment)")},
+        "test_papers": 300,
         "size_bins": size_bins(small_accuracy),
         "plots": {"size_bins": "size_bins.png", "param_importance": None},
+        "absent_plots": {"param_importance": "parameter importance needs at least 8 trials"},
         "study": {"wall_seconds": 3600.0, "num_trials": 8, "trials_by_status": {"completed": 3, "stopped_by_asha": 5}},
         "baseline_fit_seconds": 12.0,
     }
 
 
-def test_report_conclusions_follow_the_numbers(tmp_path):
+def test_report_states_intervals_and_paired_verdicts(tmp_path):
     text = write_report_md(tmp_path, context(
         accuracy=[0.70, 0.74, 0.76], macro_f1=[0.40, 0.30, 0.35], small_accuracy={"baseline": 0.5, "default": 0.1, "tuned": 0.2}))
     assert (tmp_path / "report.md").read_text() == text
-    assert "Highest test accuracy: **tuned** (0.7600), ahead of default (0.7400)" in text
-    assert "Highest macro F1: **baseline** (0.4000)" in text
-    assert "**baseline** is most accurate on them" in text
-    assert "Tuned vs default hyperparameters: accuracy +0.0200, macro_f1 +0.0500" in text
-    assert "tuned vs the TF-IDF baseline: accuracy +0.0600, macro_f1 -0.0500" in text
-    assert "the study took 60.0 min of wall time for 8 trials" in text
-    assert "trials by status: completed 3, stopped_by_asha 5" in text
+    assert "300 test papers: one paper is 0.33 accuracy points" in text
+    assert "Highest test accuracy: tuned (0.760, 95% interval [0.730, 0.790])" in text
+    assert "tuned vs default (paired, 95% interval): accuracy +0.020 [-0.010, +0.050]: no significant difference." in text
+    assert "tuned vs baseline (paired, 95% interval): macro F1 -0.050 [-0.090, -0.010]: **tuned is worse**." in text
+    assert "tuned+logit_adj = tuned: validation chose tau 0 (no adjustment); reported once, as tuned." in text
+    assert "ahead of" not in text and "beats" not in text  # no win without its interval
+    assert "0.760 [0.730, 0.790] | 0.350 [0.320, 0.380] | 0.7400" in text  # comparison row: accuracy, macro F1 first
+    assert "the study took 60.0 min for 8 trials" in text and "trials by status: completed 3, stopped_by_asha 5" in text
     assert "the baseline fits in 12.0 s" in text
-    assert "![size_bins](size_bins.png)" in text and "param_importance" not in text
-    assert "| tuned | 0.7600 | 0.3500 |" in text  # comparison table row: accuracy, macro_f1 first
+    assert "![size_bins](size_bins.png)" in text
+    assert "- param importance: not drawn: parameter importance needs at least 8 trials." in text
 
-    text = write_report_md(tmp_path, context(
-        accuracy=[0.80, 0.74, 0.76], macro_f1=[0.40, 0.30, 0.45], small_accuracy={"baseline": 0.1, "default": 0.1, "tuned": 0.6}))
-    assert "Highest test accuracy: **baseline** (0.8000), ahead of tuned (0.7600)" in text
-    assert "Highest macro F1: **tuned** (0.4500)" in text
-    assert "**tuned** is most accurate on them" in text
+
+def test_report_lists_every_trial_and_calls_out_the_best(tmp_path):
+    ctx = context([0.7, 0.8, 0.9], [0.1, 0.2, 0.3], {"baseline": 0.5, "default": 0.1, "tuned": 0.2})
+    ctx["trials"] = pd.DataFrame({"trial_id": ["a1", "b2", "c3"], "is_default": [True, False, False],
+                                  "p_learning_rate": [5e-5, 3e-4, 1e-4], "status": ["completed", "completed", "stopped_by_halving"],
+                                  "epochs_run": [2, 2, 1], "best_metric": [0.30, 0.41, 0.20]})
+    ctx["metric"] = "val_macro_f1"
+    text = write_report_md(tmp_path, ctx)
+    assert "Best configuration: trial b2 (val_macro_f1 0.4100): learning_rate=0.000300." in text
+    assert "**b2** (best)" in text and "stopped_by_halving" in text
 
 
 def test_report_handles_partial_context(tmp_path):
     ctx = {"comparison": comparison([0.7, 0.8, 0.9], [0.1, 0.2, 0.3]).drop(index=["default"])}
     text = write_report_md(tmp_path, ctx)
-    assert "Highest test accuracy: **tuned**" in text
-    assert "Tuned vs default" not in text  # needs both rows
+    assert "Highest test accuracy: tuned (0.900)" in text
+    assert "vs default" not in text
     assert "Compute" not in text
 
 
@@ -114,6 +140,19 @@ def test_plots_write_pngs_and_skip_empty_input(tmp_path):
     assert plot_confusion_pairs(tmp_path, pairs.iloc[:0], "tuned") is None
     assert plot_learning_curves(tmp_path, history.iloc[:0], "val_macro_f1") is None
 
+    trials = pd.DataFrame({"trial_id": ["t1", "t2", "t3"], "status": ["completed", "stopped_by_halving", "completed"],
+                           "best_metric": [0.2, 0.1, 0.3]})
+    confidence = np.array([0.9, 0.6, 0.8, 0.55, 0.7, 0.95, 0.4])
+    more = [
+        plot_optimization_history(tmp_path, trials, "val_macro_f1", "max"),
+        plot_confusion_heatmap(tmp_path, y_true, predictions["tuned"], labels, "tuned"),
+        plot_reliability(tmp_path, {"tuned": (confidence, predictions["tuned"] == y_true)}),
+    ]
+    assert more == ["optimization_history.png", "confusion_matrix_tuned.png", "reliability.png"]
+    for name in more:
+        assert_png(tmp_path / name)
+    assert plot_optimization_history(tmp_path, trials.iloc[:0], "val_macro_f1", "max") is None
+
 
 def trials(n, seed=0):
     rng = np.random.default_rng(seed)
@@ -140,3 +179,10 @@ def test_param_importance_needs_enough_trials(tmp_path):
     assert sum(importances.values()) == pytest.approx(1.0)
     assert plot_param_importance(tmp_path, trials(12), params, "val_macro_f1", "max") == "param_importance.png"
     assert_png(tmp_path / "param_importance.png")
+
+
+def test_param_importance_is_drawn_only_from_enough_full_budget_trials():
+    assert "at least 8 trials that ran their full budget; this study has 7" in importance_absent_reason(trials(7))
+    stopped = trials(12).assign(status=["completed"] * 6 + ["stopped_by_asha"] * 6)
+    assert "this study has 6" in importance_absent_reason(stopped)
+    assert importance_absent_reason(trials(8)) is None

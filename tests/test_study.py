@@ -3,6 +3,7 @@ import json
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -106,7 +107,11 @@ def test_evaluation_writes_the_full_results_and_is_reproducible(study, ray_local
     assert expected <= {p.name for p in results.iterdir()}
     assert any(p.suffix == ".png" for p in results.iterdir())
     comparison = pd.read_csv(results / "comparison.csv", index_col=0)
-    assert {"default", "tuned", "tuned+logit_adj", "baseline"} <= set(comparison.index)
+    evaluation = json.loads((results / "evaluation.json").read_text())
+    # a model identical to another (the default trial won, tau 0, ...) is reported once, and says so
+    assert {"default", "tuned", "tuned+logit_adj", "baseline", "ensemble"} <= set(comparison.index) | set(evaluation["identical"])
+    assert {"intervals.csv", "differences.csv"} <= {p.name for p in results.iterdir()}
+    assert "95% interval" in (results / "report.md").read_text()
     assert {"accuracy", "macro_f1", "weighted_f1", "top3_accuracy", "ece", "mean_confidence"} <= set(comparison.columns)
     predictions = pd.read_parquet(results / "predictions.parquet")
     assert len(predictions) == json.loads((results / "study.json").read_text())["data"]["split_sizes"]["test"]
@@ -123,3 +128,25 @@ def test_plan_matches_what_the_study_did(study):
     assert plan["trials"] == info["num_trials"] and plan["concurrency"] == info["concurrency"]
     assert info["trial_epochs"] <= plan["max_trial_epochs"]["asha"]
     assert plan["data"]["split_sizes"] == info["data"]["split_sizes"]
+
+
+def test_saved_ensemble_and_baseline_predict_like_the_evaluation(study, ray_local, capsys):
+    from arxivcls.cli import main
+    from arxivcls.data import load_prepared
+
+    results = study["results"]
+    if not (results / "evaluation.json").is_file():
+        evaluate_study(results, log=lambda *_: None)
+    evaluation = json.loads((results / "evaluation.json").read_text())
+    info = json.loads((results / "study.json").read_text())
+    test = load_prepared(info["prepared_data"]).load_split("test").head(20)
+    papers = study["tmp"] / "papers.csv"
+    pd.DataFrame({"id": test.id, "title": test.text, "abstract": ""}).to_csv(papers, index=False)
+    predictions = pd.read_parquet(results / "predictions.parquet").set_index("id").loc[test.id]
+    models = Path(info["models"]["tuned"]).parent
+    for name in ("ensemble", "baseline"):
+        if name in evaluation["identical"]:
+            continue
+        out = study["tmp"] / f"{name}.csv"
+        assert main(["predict", "--model", str(models / name), "--input", str(papers), "--output", str(out)]) == 0
+        assert pd.read_csv(out).top1.tolist() == predictions[f"{name}_pred"].tolist()

@@ -1,0 +1,74 @@
+"""The tuned transformer + the TF-IDF baseline: their log-probabilities mixed with one weight,
+chosen on the validation split. Saved as a small directory that `predict` loads like a model.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from arxivcls.errors import UserError
+
+WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)  # the transformer's share; 0 = the baseline alone
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def mix(transformer_probs: np.ndarray, baseline_probs: np.ndarray, weight: float) -> np.ndarray:
+    """softmax(weight * log p_transformer + (1 - weight) * log p_baseline)."""
+    logits = weight * np.log(np.clip(transformer_probs, 1e-12, None)) + (1 - weight) * np.log(np.clip(baseline_probs, 1e-12, None))
+    logits -= logits.max(axis=1, keepdims=True)
+    mixed = np.exp(logits)
+    return mixed / mixed.sum(axis=1, keepdims=True)
+
+
+def choose_weight(val_transformer: np.ndarray, val_baseline: np.ndarray, val_labels: np.ndarray,
+                  metric: str = "macro_f1") -> float:
+    """The weight with the best validation score; ties go to the weight nearest an even mix."""
+    from arxivcls.metrics import classification_metrics
+
+    score = {w: classification_metrics(val_labels, mix(val_transformer, val_baseline, w))[metric] for w in WEIGHTS}
+    return float(max(WEIGHTS, key=lambda w: (score[w], -abs(w - 0.5))))
+
+
+def save_ensemble(directory, transformer_dir, baseline_dir, weight: float, max_length: int, precision: str) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = {"transformer": _relative(transformer_dir, directory), "baseline": _relative(baseline_dir, directory),
+            "weight": weight, "max_length": max_length, "precision": precision}
+    (directory / ENSEMBLE_FILE).write_text(json.dumps(spec, indent=1))
+    return directory
+
+
+def _relative(path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(Path(path).resolve(), start.resolve())
+
+
+def load_predictor(model_dir: str, max_length: int | None = None, precision: str = "auto"):
+    """(texts -> probabilities, id2label) for a transformer, a saved baseline, or an ensemble directory."""
+    from arxivcls.baseline import load_baseline
+
+    directory = Path(model_dir)
+    if (directory / ENSEMBLE_FILE).is_file():
+        spec = json.loads((directory / ENSEMBLE_FILE).read_text())
+        transformer, labels = load_predictor(str(directory / spec["transformer"]), spec["max_length"], spec["precision"])
+        baseline, baseline_labels = load_predictor(str(directory / spec["baseline"]))
+        if labels != baseline_labels:
+            raise UserError(f"{model_dir}: the transformer and the baseline were trained on different categories")
+        return (lambda texts: mix(transformer(texts), baseline(texts), spec["weight"])), labels
+    if (directory / "vectorizer.json").is_file():
+        baseline, names = load_baseline(directory)
+        return baseline.predict_proba, dict(enumerate(names))
+    if not (directory / "config.json").is_file():
+        raise UserError(f"--model {model_dir}: not a saved model directory (no config.json, vectorizer.json or ensemble.json)")
+    from transformers import AutoConfig
+
+    from arxivcls.evaluate import predict_in_process
+
+    try:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    except (ValueError, OSError) as e:
+        raise UserError(f"--model {model_dir}: config.json is not a usable model config ({str(e).splitlines()[0][:160]})")
+    id2label = {int(i): c for i, c in config.id2label.items()}
+    length = max_length or min(512, getattr(config, "max_position_embeddings", 512))
+    return (lambda texts: predict_in_process(str(directory), texts, length, precision=precision)), id2label

@@ -73,14 +73,24 @@ def rehearse(workdir: Path, data_path: str, papers: int = 200, steps: int = 2, t
     reports = [json.loads(p.read_text()) for p in (workdir / "runs" / "scibert").glob("train-*/last_report.json")]
     checkpoints = sorted((workdir / "runs" / "scibert").glob("train-*/checkpoint_*"))
     return {
-        "model_dir": model_dir, "converted": sorted(p.name for p in (workdir / "converted").iterdir()),
+        "model_dir": model_dir, "converted_bytes": directory_bytes(workdir / "converted"),
         "study": study, "study_seconds": study_seconds, "reports": reports, "prediction": prediction,
         "checkpoint_bytes": directory_bytes(checkpoints[0]) if checkpoints else None,
         "checkpoint_files": sorted(p.name for p in checkpoints[0].iterdir()) if checkpoints else [],
         "exported_bytes": directory_bytes(tuned), "exported_files": sorted(p.name for p in tuned.iterdir()),
         "bin_bytes": (model_dir / "pytorch_model.bin").stat().st_size,
         "evaluation": pd.read_csv(workdir / "results" / "scibert" / "comparison.csv"),
+        "identical": json.loads((workdir / "results" / "scibert" / "evaluation.json").read_text())["identical"],
     }
+
+
+PLANNED_CLUSTER = ["--gpus", "8", "--cpus", "64", "--nodes", "8"]
+
+
+def plan_full_study(model_dir: Path, data_path: str, workdir: Path) -> str:
+    """`arxivcls plan tune/scibert.yaml` for an 8-GPU cluster, this model standing in for SciBERT."""
+    env = {**os.environ, "ARXIVCLS_MODEL_CACHE": str(Path(workdir).resolve() / "converted"), "HF_HUB_OFFLINE": "1"}
+    return run(["plan", CONFIG, "--data", data_path, *PLANNED_CLUSTER, "--set", f"model.name={model_dir}"], env)
 
 
 def time_steps_at_512(model_dir: str, batch_size: int, steps: int = 2) -> dict:
@@ -102,7 +112,7 @@ def table(found: dict, at_512: dict, commit: str) -> str:
     step_seconds = [r["train_seconds_per_step"] for r in reports]
     rows = [
         ("pickled weights as served (`pytorch_model.bin`)", f"{found['bin_bytes'] / 1e9:.2f} GB"),
-        ("converted once to (arxivcls's cache)", ", ".join(found["converted"][:1]) + ": `model.safetensors` + config + vocab"),
+        ("converted once (arxivcls's cache, `<sha256 of the .bin>/`)", f"`model.safetensors` {found['converted_bytes'] / 1e9:.2f} GB + config + vocab"),
         ("checkpoint on disk (weights + AdamW state + tokenizer)", f"{found['checkpoint_bytes'] / 1e9:.2f} GB: " + ", ".join(found["checkpoint_files"])),
         ("exported model", f"{found['exported_bytes'] / 1e9:.2f} GB: " + ", ".join(found["exported_files"])),
         ("disk budget of the preflight", f"{study['disk']['estimated_need_gb']:.2f} GB for {study['num_trials']} trials "
@@ -151,6 +161,8 @@ def main() -> None:
     at_512 = time_steps_at_512(resolve_model(str(found["model_dir"])), batch_size=4)
     Path(args.out).write_text(table(found, at_512, commit))
     print(Path(args.out).read_text())
+    print("arxivcls plan tune/scibert.yaml " + " ".join(PLANNED_CLUSTER) + " (cluster/README.md quotes this):")
+    print(plan_full_study(found["model_dir"], args.data, workdir))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """tune/scibert.yaml itself, end to end on this CPU, with a SciBERT-shaped model served as pickled weights."""
 import pytest
 
-from benchmarks.scibert_rehearsal import rehearse
+import re
+from pathlib import Path
+
+from benchmarks.scibert_rehearsal import plan_full_study, rehearse
 from conftest import SHARED_DATA
 
 pytestmark = pytest.mark.slow
@@ -20,5 +23,10 @@ def test_scibert_shaped_study_trains_tunes_evaluates_and_predicts(tmp_path):
     assert found["checkpoint_bytes"] > 1.2e9  # 110M fp32 weights + two AdamW moments
     assert study["disk"]["estimated_need_gb"] * 1e9 >= 2 * found["checkpoint_bytes"]  # keep + 1 per trial, 2 trials
     assert all(0 < r["peak_rss_gb"] < 20 and r["train_seconds_per_step"] > 0 for r in found["reports"])
-    assert set(found["evaluation"].model) >= {"tuned", "default", "baseline"}
+    assert set(found["evaluation"].model) | set(found["identical"]) >= {"tuned", "default", "baseline", "ensemble"}
     assert len(found["prediction"].strip().splitlines()) == 3  # top-3 lines with probabilities and names
+
+    # the plan that cluster/README.md quotes: the same output for the same model, data and cluster
+    planned = plan_full_study(found["model_dir"], str(SHARED_DATA), tmp_path).strip().splitlines()
+    quoted = re.search(r"<!-- PLAN OUTPUT -->\n```\n(.*?)```", Path("cluster/README.md").read_text(), re.S).group(1)
+    assert planned[1:] == quoted.strip().splitlines()[1:]  # line 1 names the model's local path

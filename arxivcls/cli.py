@@ -79,22 +79,28 @@ def _split_named(item: str) -> tuple[str, str]:
     return name, path
 
 
+SHOW_DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import version
+
     parser = argparse.ArgumentParser(prog="arxivcls", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"arxivcls {version('arxivcls')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="validate, filter and split a papers file (cached)")
+    p = sub.add_parser("prepare", formatter_class=SHOW_DEFAULTS, help="validate, filter and split a papers file (cached)")
     p.add_argument("--data", required=True, help="papers file: .csv, .parquet or .jsonl")
-    p.add_argument("--min-per-class", type=int, help="drop categories with fewer papers (default 5)")
-    p.add_argument("--max-papers", type=int, help="stratified sample size (default: all)")
-    p.add_argument("--out", help="cache directory (default .cache/arxivcls)")
+    p.add_argument("--min-per-class", type=int, help="drop categories with fewer papers (data.min_per_class: 5)")
+    p.add_argument("--max-papers", type=int, help="stratified sample size (data.max_papers: all)")
+    p.add_argument("--out", help="where prepared splits are cached (data.cache_dir: .cache/arxivcls)")
     p.add_argument("--config", help="optional YAML config for the other data options")
-    p.add_argument("--set", action="append", metavar="section.key=value")
+    p.add_argument("--set", action="append", metavar="section.key=value", help="override a config value")
     p.set_defaults(func=cmd_prepare)
 
     for name, func, help_text in (("train", cmd_train, "one Ray Train run with the config's hyperparameters"),
                                   ("tune", cmd_tune, "a Ray Tune study (OptunaSearch + ASHA), then the evaluation")):
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, formatter_class=SHOW_DEFAULTS, help=help_text)
         p.add_argument("config", help="study config, e.g. tune/cpu.yaml")
         p.add_argument("--data", help="papers file (overrides data.path)")
         p.add_argument("--set", action="append", metavar="section.key=value", help="override a config value")
@@ -103,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", action="store_true", help="continue an interrupted study")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("plan", help="what a study would do and cost (data, concurrency, epochs, disk, time), without training")
+    p = sub.add_parser("plan", formatter_class=SHOW_DEFAULTS, help="what a study would do and cost (data, concurrency, epochs, disk, time), without training")
     p.add_argument("config", help="study config, e.g. tune/scibert.yaml")
     p.add_argument("--data", help="papers file (overrides data.path)")
     p.add_argument("--set", action="append", metavar="section.key=value", help="override a config value")
@@ -115,19 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "derived from FLOPs for GPU workers)")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("evaluate", help="re-run the evaluation and comparison of a finished study")
-    p.add_argument("results_dir")
-    p.add_argument("--model", action="append", metavar="NAME=PATH", help="an extra checkpoint to compare")
-    p.add_argument("--address")
+    p = sub.add_parser("evaluate", formatter_class=SHOW_DEFAULTS, help="re-run the evaluation and comparison of a finished study")
+    p.add_argument("results_dir", help="a finished study's results directory, e.g. results/cpu")
+    p.add_argument("--model", action="append", metavar="NAME=PATH", help="an extra saved model to compare")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local one)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="top-k categories for papers")
-    p.add_argument("--model", required=True, help="a saved model directory")
-    p.add_argument("--title")
-    p.add_argument("--abstract", default="")
-    p.add_argument("--input", help="CSV / JSONL / Parquet with title and abstract (or summary) columns")
+    p = sub.add_parser("predict", formatter_class=SHOW_DEFAULTS, help="top-k categories for papers")
+    p.add_argument("--model", required=True, help="a saved model, baseline or ensemble directory")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--title", help="one paper's title")
+    source.add_argument("--input", help="CSV / JSONL / Parquet with title and abstract (or summary) columns")
+    p.add_argument("--abstract", default="", help="the paper's abstract, with --title")
     p.add_argument("--output", help="write predictions here (.csv or .jsonl) instead of stdout")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=int, default=3, help="categories per paper")
     p.set_defaults(func=cmd_predict)
     return parser
 

@@ -188,6 +188,8 @@ def prepare(cfg: DataConfig, log=print) -> Prepared:
     if papers.empty:
         raise UserError(f"every category has fewer than min_per_class={cfg.min_per_class} papers"
                         f"{' in the sample of max_papers=' + str(cfg.max_papers) if cfg.max_papers else ''}: nothing left to train on")
+    if papers.category.nunique() < 2:
+        raise UserError(f"{cfg.path}: {papers.category.nunique()} category left after filtering; a classifier needs at least 2")
     splits = stratified_split(papers, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     categories = sorted(papers.category.unique())
     label2id = {c: i for i, c in enumerate(categories)}

@@ -278,7 +278,7 @@ def write_results(results_dir: Path, study: dict, tables: dict, probs: dict, tes
         for name in ("study.json", "trials.csv", "history.csv"):
             if (results_dir / name).is_file():
                 (staging / name).write_bytes((results_dir / name).read_bytes())
-        report.write_tables(staging, {"comparison": comparison, "intervals": tables["intervals"],
+        report.write_tables(staging, {"comparison": tables["comparison"], "intervals": tables["intervals"],
                                       "differences": tables["differences"], "categories": tables["categories"],
                                       "size_bins": tables["size_bins"], "confusion_pairs": tables["confusion_pairs"],
                                       "category_differences": tables["category_differences"]})
@@ -304,6 +304,8 @@ def evaluate_study(results_dir, extra_models: dict | None = None, address: str |
 
     results_dir = Path(results_dir)
     study, models = read_study(results_dir, extra_models)
+    if not (Path(study["prepared_data"]) / "meta.json").is_file():
+        raise UserError(f"the study's prepared data is missing at {study['prepared_data']}: run the study (arxivcls tune) on this machine first")
     prepared = load_prepared(study["prepared_data"])
     config = study["config"]
     inference = Inference(config["data"]["max_length"], config["eval"]["batch_size"], config["eval"]["num_actors"],

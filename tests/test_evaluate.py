@@ -54,3 +54,15 @@ def test_predict_cli_single_paper_and_file(tiny_bert, tmp_path):
     frame = pd.read_json(out, lines=True)
     assert frame.id.tolist() == ["a", "../../escape"] and {"top1", "top1_prob", "top2"} <= set(frame.columns)  # k capped at the 2 labels
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["in.csv", "pred.jsonl"]  # nothing else written
+
+
+def test_the_readme_pipeline_recipe_ranks_like_predict(tiny_bert, real_papers):
+    from transformers import pipeline
+
+    texts = (real_papers.title + " " + real_papers.summary).tolist()[:12]
+    classify = pipeline("text-classification", model=str(tiny_bert))
+    ranked = classify(texts, truncation=True, max_length=128, top_k=2)
+    probs = predict_in_process(str(tiny_bert), texts, max_length=128, precision="fp32")
+    labels = classify.model.config.id2label
+    assert [r[0]["label"] for r in ranked] == [labels[i] for i in probs.argmax(1)]
+    np.testing.assert_allclose([r[0]["score"] for r in ranked], probs.max(1), atol=1e-5)

@@ -33,7 +33,7 @@ def test_identical_models_are_not_different_and_a_clearly_better_one_wins():
     samples = bootstrap(points, n_resamples=500, seed=0)
     full = {name: scores(p) for name, p in points.items()}
     table = paired_differences(samples, full, [("a_copy", "a"), ("strong", "a"), ("a", "strong")],
-                               ["accuracy", "macro_f1", "ece"]).set_index(["model", "reference", "metric"])
+                               ["accuracy", "macro_f1", "ece"]).set_index(["model", "reference", "metric"]).sort_index()
     assert (table.loc[("a_copy", "a")].verdict == "no significant difference").all()
     assert (table.loc[("a_copy", "a")].difference == 0).all()
     assert table.loc[("strong", "a", "accuracy")].verdict == "better"

@@ -181,3 +181,31 @@ CATEGORY_NAMES: dict[str, str] = {
 def category_name(code: str) -> str:
     """Return the human-readable name of an arXiv category, or ``code`` itself if unknown."""
     return CATEGORY_NAMES.get(code, code)
+
+
+# The arXiv taxonomy's subject aliases: the second code of each pair is an alias of the first
+# (a paper listed under one is listed under both).
+ALIASES = {"math.MP": "math-ph", "cs.NA": "math.NA", "cs.SY": "eess.SY", "math.IT": "cs.IT", "stat.TH": "math.ST",
+           "q-fin.EC": "econ.GN"}
+# Archives retired into today's subjects.
+LEGACY = {"alg-geom": "math.AG", "funct-an": "math.FA", "q-alg": "math.QA", "dg-ga": "math.DG", "chao-dyn": "nlin.CD",
+          "solv-int": "nlin.SI", "patt-sol": "nlin.PS", "adap-org": "nlin.AO", "comp-gas": "nlin.CG", "cmp-lg": "cs.CL",
+          "mtrl-th": "cond-mat.mtrl-sci", "supr-con": "cond-mat.supr-con", "acc-phys": "physics.acc-ph",
+          "ao-sci": "physics.ao-ph", "atom-ph": "physics.atom-ph", "bayes-an": "physics.data-an",
+          "chem-ph": "physics.chem-ph", "plasm-ph": "physics.plasm-ph"}
+
+
+def canonical(code: str) -> str:
+    """The category a code stands for today: aliases and legacy archives mapped to their subject."""
+    code = LEGACY.get(code, code)
+    return ALIASES.get(code, code)
+
+
+def archive(code: str) -> str:
+    """The archive of a category: `cs` for cs.LG, `astro-ph` for astro-ph.GA, `math-ph` for math.MP."""
+    return canonical(code).split(".", 1)[0]
+
+
+def listed(categories: str, primary: str) -> set[str]:
+    """A paper's categories (space-separated, as arXiv lists them), canonical, the primary included."""
+    return {canonical(code) for code in f"{primary} {categories or ''}".split()}

@@ -73,6 +73,8 @@ def normalize(raw: pd.DataFrame) -> tuple[pd.DataFrame, str, dict]:
         "id": raw["id"].fillna("").astype(str).str.strip().str.replace(r"v\d+$", "", regex=True),
         "text": (_clean(raw["title"]) + " " + _clean(raw[abstract_col])).str.strip(),
         "category": category,
+        # every listed category, primary first (the digest and OAI schemas have them)
+        "categories": raw["categories"].fillna("").astype(str) if "categories" in raw.columns else category,
     })
     dropped = {"no_text": int((papers.text == "").sum()), "no_category": int((papers.category == "").sum())}
     papers = papers[(papers.text != "") & (papers.category != "")]
@@ -149,7 +151,7 @@ def _file_digest(path: str) -> str:
 
 def cache_key(cfg: DataConfig) -> str:
     options = {k: v for k, v in asdict(cfg).items() if k not in {"path", "cache_dir", "max_length"}}
-    blob = json.dumps({"file": _file_digest(cfg.path), "options": options, "version": 1}, sort_keys=True)
+    blob = json.dumps({"file": _file_digest(cfg.path), "options": options, "version": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -204,7 +206,7 @@ def prepare(cfg: DataConfig, log=print) -> Prepared:
     }
     with atomic_directory(directory) as staging:
         for name, df in splits.items():
-            df = df.assign(label=df.category.map(label2id).astype("int64"))[["id", "text", "label", "category"]]
+            df = df.assign(label=df.category.map(label2id).astype("int64"))[["id", "text", "label", "category", "categories"]]
             df.to_parquet(staging / f"{name}.parquet", index=False)
         (staging / "meta.json").write_text(json.dumps(meta, indent=1))
     return load_prepared(directory)

@@ -218,25 +218,40 @@ def identical_models(probs: dict) -> dict:
     return identical
 
 
-def compare(probs: dict, labels: np.ndarray, prepared, top_k: int, seed: int) -> dict:
-    """Point metrics, bootstrap intervals, paired differences and the per-category tables."""
+def compare(probs: dict, test: pd.DataFrame, prepared, top_k: int, seed: int) -> dict:
+    """Point metrics (exact, cross-list and archive accuracy among them), bootstrap intervals,
+    paired differences and the per-category tables."""
     from arxivcls import stats
-    from arxivcls.metrics import classification_metrics, confusion_pairs, largest_differences, per_category_table, size_bin_table
+    from arxivcls.metrics import (arxiv_hits, classification_metrics, confusion_pairs, largest_differences, per_category_table,
+                                  size_bin_table)
 
-    label_names = [prepared.id2label[i] for i in range(prepared.num_labels)]
-    comparison = pd.DataFrame({name: classification_metrics(labels, p, top_k=top_k) for name, p in probs.items()}).T
-    comparison.index.name = "model"
-    papers = {name: stats.point_metrics(labels, p, top_k) for name, p in probs.items()}
-    samples = stats.bootstrap(papers, seed=seed)
-    points = {name: stats.scores(paper) for name, paper in papers.items()}
-    pairs = [pair for pair in PAIRS if set(pair) <= set(probs)]
+    labels, label_names = test.label.to_numpy(), [prepared.id2label[i] for i in range(prepared.num_labels)]
+    listed = test["categories"] if "categories" in test else test.category
     predicted = {name: p.argmax(axis=1) for name, p in probs.items()}
+    hits = {name: arxiv_hits([label_names[i] for i in pred], test.category.tolist(), listed.tolist())
+            for name, pred in predicted.items()}
+    papers = {name: stats.point_metrics(labels, p, top_k, hits=hits[name]) for name, p in probs.items()}
+    points = {name: stats.scores(paper) for name, paper in papers.items()}
+    comparison = pd.DataFrame({name: {**classification_metrics(labels, p, top_k=top_k), **points[name]}
+                               for name, p in probs.items()}).T
+    comparison.index.name = "model"
+    samples = stats.bootstrap(papers, seed=seed)
     per_category = per_category_table(labels, predicted, label_names, prepared.train_counts)
+    for name, model_hits in hits.items():
+        for kind, hit in model_hits.items():
+            per_paper = pd.Series(hit, index=test.category.to_numpy()).groupby(level=0).mean()
+            per_category[f"{name}_{kind}_accuracy"] = per_category.category.map(per_paper)
     focus = "tuned" if "tuned" in predicted else next(iter(predicted))
+    pairs = confusion_pairs(labels, predicted[focus], label_names)
+    wrong = pd.DataFrame({"true": test.category.to_numpy(), "predicted": [label_names[i] for i in predicted[focus]],
+                          "cross_listed": hits[focus]["crosslist"]})
+    listed_counts = wrong[wrong.true != wrong.predicted].groupby(["true", "predicted"]).cross_listed.sum()
+    pairs["cross_listed"] = [int(listed_counts.get((t, p), 0)) for t, p in zip(pairs.true, pairs.predicted)]
     return {"comparison": comparison, "intervals": stats.intervals(samples),
-            "differences": stats.paired_differences(samples, points, pairs, ["accuracy", "macro_f1"]),
+            "differences": stats.paired_differences(samples, points, [p for p in PAIRS if set(p) <= set(probs)],
+                                                    ["accuracy", "macro_f1", "crosslist_accuracy"]),
             "categories": per_category, "size_bins": size_bin_table(labels, predicted, label_names, prepared.train_counts),
-            "confusion_pairs": confusion_pairs(labels, predicted[focus], label_names),
+            "confusion_pairs": pairs,
             "category_differences": (largest_differences(per_category, focus, "baseline")
                                      if "baseline" in predicted and focus != "baseline" else pd.DataFrame()),
             "predicted": predicted, "focus": focus, "label_names": label_names}
@@ -317,7 +332,7 @@ def evaluate_study(results_dir, extra_models: dict | None = None, address: str |
     identical = identical_models(probs)
     if "default" in study["models"] and "default" not in models:
         identical = {"default": ("tuned", IDENTICAL_BECAUSE["default"]), **identical}
-    tables = compare(probs, test.label.to_numpy(), prepared, config["eval"]["top_k"], config["data"]["seed"])
+    tables = compare(probs, test, prepared, config["eval"]["top_k"], config["data"]["seed"])
     evaluation = {"test_papers": len(test), "inference_seconds": seconds, **chosen, "models": models,
                   "identical": identical, "bootstrap": {"resamples": N_RESAMPLES, "seed": config["data"]["seed"]}}
     write_results(results_dir, study, tables, probs, test, evaluation)

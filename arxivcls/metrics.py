@@ -129,3 +129,12 @@ def largest_differences(per_category: pd.DataFrame, model_a: str, model_b: str, 
     table["f1_difference"] = table[a] - table[b]
     order = table.f1_difference.abs().sort_values(ascending=False, kind="stable").index
     return table.loc[order].head(top).reset_index(drop=True)
+
+
+def arxiv_hits(predicted: list[str], primary: list[str], categories: list[str]) -> dict[str, np.ndarray]:
+    """Per paper: is the prediction one of the paper's listed categories (cross-list), and is it in
+    the primary category's archive (aliases and legacy codes mapped by the arXiv taxonomy)?"""
+    from arxivcls.categories import archive, canonical, listed
+
+    return {"crosslist": np.array([canonical(p) in listed(c, t) for p, t, c in zip(predicted, primary, categories)]),
+            "archive": np.array([archive(p) == archive(t) for p, t in zip(predicted, primary)])}

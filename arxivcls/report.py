@@ -13,10 +13,11 @@ import pandas as pd
 from arxivcls.files import atomic_write_text
 from arxivcls.metrics import SIZE_BIN_LABELS
 
-COMPARISON_COLUMNS = ["accuracy", "macro_f1", "weighted_f1", "top3_accuracy", "ece", "mean_confidence", "inference_seconds"]
-INTERVAL_COLUMNS = ["accuracy", "macro_f1", "weighted_f1", "top3_accuracy", "ece"]
+COMPARISON_COLUMNS = ["accuracy", "crosslist_accuracy", "archive_accuracy", "macro_f1", "weighted_f1", "top3_accuracy", "ece",
+                      "mean_confidence", "inference_seconds"]
 SMALL_BINS = SIZE_BIN_LABELS[:2]  # categories with at most 100 training papers
-LABELS = {"accuracy": "accuracy", "macro_f1": "macro F1", "weighted_f1": "weighted F1", "top3_accuracy": "top-3 accuracy",
+LABELS = {"accuracy": "accuracy", "crosslist_accuracy": "cross-list accuracy", "archive_accuracy": "archive accuracy",
+          "macro_f1": "macro F1", "weighted_f1": "weighted F1", "top3_accuracy": "top-3 accuracy",
           "ece": "ECE", "mean_confidence": "mean confidence", "inference_seconds": "inference s"}
 
 
@@ -133,7 +134,11 @@ def conclusions(context: dict) -> list[str]:
         n = context["test_papers"]
         lines.append(f"- {n} test papers: one paper is {100 / n:.2f} accuracy points. Intervals: 95% bootstrap over test "
                      "papers; differences: paired bootstrap (the same resampled papers for both models).")
-    lines += [best_model_line(comparison, intervals, m) for m in ("accuracy", "macro_f1")]
+    if "crosslist_accuracy" in comparison:
+        lines.append("- Accuracy counts the primary category only; cross-list accuracy counts a prediction right when it "
+                     "is any category the paper is listed in; archive accuracy, when it is in the primary's archive "
+                     "(cs, math, astro-ph, ...; aliases such as math.MP = math-ph and legacy codes mapped by the taxonomy).")
+    lines += [best_model_line(comparison, intervals, m) for m in ("accuracy", "crosslist_accuracy", "macro_f1")]
     lines += difference_lines(context.get("differences"), context.get("identical") or {})
     lines += _small_class_line(context.get("size_bins"))
     lines += _cost_line(comparison, study, context.get("baseline_fit_seconds"))

@@ -12,12 +12,13 @@ LEVEL = 0.95
 LOWER_IS_BETTER = {"ece"}
 
 
-def point_metrics(y_true: np.ndarray, probs: np.ndarray, top_k: int, n_bins: int = 15) -> dict:
-    """What a bootstrap resamples per paper: the true label, the prediction, its confidence, a top-k hit."""
+def point_metrics(y_true: np.ndarray, probs: np.ndarray, top_k: int, n_bins: int = 15, hits: dict | None = None) -> dict:
+    """What a bootstrap resamples per paper: the true label, the prediction, its confidence, a top-k
+    hit, and any other per-paper hits (`hits`: name -> bool array, e.g. cross-list and archive)."""
     ranked = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
     return {"y_true": np.asarray(y_true), "y_pred": ranked[:, 0], "confidence": probs.max(axis=1),
             "top_k_hit": (ranked == np.asarray(y_true)[:, None]).any(axis=1), "num_classes": probs.shape[1],
-            "top_k": top_k, "n_bins": n_bins}
+            "top_k": top_k, "n_bins": n_bins, "hits": hits or {}}
 
 
 def scores(paper: dict, rows: np.ndarray | None = None) -> dict[str, float]:
@@ -33,7 +34,8 @@ def scores(paper: dict, rows: np.ndarray | None = None) -> dict[str, float]:
     bins = np.clip(np.ceil(confidence * paper["n_bins"]).astype(int) - 1, 0, paper["n_bins"] - 1)
     gap = np.bincount(bins, weights=correct, minlength=paper["n_bins"]) - np.bincount(bins, weights=confidence, minlength=paper["n_bins"])
     return {"accuracy": correct.mean(), "macro_f1": f1[present].mean(), "weighted_f1": (f1 * true_count).sum() / n,
-            f"top{paper['top_k']}_accuracy": pick(paper["top_k_hit"]).mean(), "ece": np.abs(gap).sum() / n}
+            f"top{paper['top_k']}_accuracy": pick(paper["top_k_hit"]).mean(), "ece": np.abs(gap).sum() / n,
+            **{f"{name}_accuracy": pick(hit).mean() for name, hit in paper.get("hits", {}).items()}}
 
 
 def bootstrap(papers: dict[str, dict], n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, pd.DataFrame]:

@@ -1,4 +1,4 @@
-"""arxivcls prepare | plan | train | tune | evaluate | predict.
+"""arxivcls prepare | plan | train | tune | evaluate | predict | serve.
 
 Bad input or configuration: one line `error: ...` on stderr, exit code 2, no traceback.
 """
@@ -72,6 +72,12 @@ def cmd_predict(args) -> None:
     predict_cli(args)
 
 
+def cmd_serve(args) -> None:
+    from arxivcls.serve import serve_cli
+
+    serve_cli(args)
+
+
 def _split_named(item: str) -> tuple[str, str]:
     if "=" not in item:
         raise UserError(f"--model expects NAME=PATH, got '{item}'")
@@ -136,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write predictions here (.csv or .jsonl) instead of stdout")
     p.add_argument("--top-k", type=int, default=3, help="categories per paper")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", formatter_class=SHOW_DEFAULTS, help="serve a saved model over HTTP with Ray Serve (POST /predict)")
+    p.add_argument("--model", required=True, help="a saved model, baseline or ensemble directory (the path must exist on every node)")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local one)")
+    p.add_argument("--host", default="127.0.0.1", help="address the HTTP endpoint binds to (on the head node)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
+    p.add_argument("--replicas", type=int, default=1, help="model replicas, each loading the model once")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves for each replica (its torch threads)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="papers per forward pass at most (1 = no batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a forward pass waits for more papers")
+    p.add_argument("--max-papers", type=int, default=64, help="papers per request at most (more: HTTP 413)")
+    p.add_argument("--max-chars", type=int, default=20000, help="characters of title + abstract per paper at most (more: HTTP 413)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

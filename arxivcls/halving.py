@@ -9,13 +9,13 @@ max_t) nor the trial count of its brackets, so this is the plain rule, in three 
 
 - the scheduler PAUSEs a trial that reports a rung epoch before the rung is complete; Tune then
   stops its driver (a paused trial holds no CPU) and later restarts the promoted ones, whose Train
-  run resumes from its newest checkpoint (train.restore_point);
+  run resumes from its newest checkpoint (rundir.RunDir.restore_point);
 - it writes a `continue` marker into a trial's run directory when the trial may go on past a
-  rung: the training loop waits for it at every rung epoch (train.wait_for_rung), so it never
+  rung: the training loop waits for it at every rung epoch (rundir.RunDir.wait_for_rung), so it never
   trains past a rung the study has not decided, and a paused trial loses no epoch it reported;
 - the searcher's ConcurrencyLimiter does not count paused trials (PausableLimiter), so new trials
   start while earlier ones wait; and Optuna hears of a paused trial as PRUNED at its rung
-  (tuning.BudgetAwareOptunaSearch), so TPE learns from the rungs before every trial is proposed.
+  (search.BudgetAwareOptunaSearch), so TPE learns from the rungs before every trial is proposed.
 """
 import json
 import math
@@ -79,7 +79,7 @@ class PausableLimiter(ConcurrencyLimiter):
 class SynchronousHalving(FIFOScheduler):
     def __init__(self, metric: str, mode: str, rungs: list[int], reduction_factor: int, num_trials: int,
                  max_running: int, mark_continue, save_state=None, load_state=None, time_attr: str = "epoch"):
-        """mark_continue(trial_id, epoch) writes the trial's continue marker (train.mark_continue).
+        """mark_continue(trial_id, epoch) writes the trial's continue marker (rundir.RunDir.mark_continue).
         save_state(text) / load_state() -> text | None keep the rung decisions in the study's
         directory, for --resume: Tune restores a scheduler as it was when the study was created."""
         super().__init__()

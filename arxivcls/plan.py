@@ -51,7 +51,7 @@ def observed_resources(address: str | None) -> Resources:
     import ray
 
     if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
-        from arxivcls.train import connect_ray
+        from arxivcls.raycluster import connect_ray
 
         connect_ray(address, log=lambda *_: None)
         free = ray.available_resources()
@@ -131,7 +131,7 @@ def plan_study(config: Config, resources: Resources | None = None, address: str 
                papers_per_s: float | None = None) -> dict:
     from arxivcls.data import prepare
     from arxivcls.models import load_tokenizer
-    from arxivcls.train import preflight
+    from arxivcls.inputs import preflight
     from arxivcls.tuning import checkpoint_bytes, plan_concurrency, trial_resources
 
     model_dir = preflight(config)

@@ -211,7 +211,7 @@ def local_ray(num_cpus: int = 2):
     import ray
 
     started = time.perf_counter()
-    from arxivcls.train import start_local_ray
+    from arxivcls.raycluster import start_local_ray
 
     start_local_ray(num_cpus, env_vars={"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
     import ray.data

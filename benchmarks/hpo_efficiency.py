@@ -105,7 +105,7 @@ def plain_optuna(config, inputs, seed: int, cpus: int) -> dict:
     import optuna
 
     from arxivcls.train import build_trainer
-    from arxivcls.tuning import default_point
+    from arxivcls.search import default_point
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = config.tune.search_space
@@ -121,7 +121,7 @@ def plain_optuna(config, inputs, seed: int, cpus: int) -> dict:
                                     cpus_per_worker=cpus)
         name = f"plain-seed{seed}-{trial.number}"
         reports_file = Path(config.train.storage_path) / f"{name}.jsonl"
-        result = build_trainer(train, inputs["loop_base"], name=name, callbacks=[reports_to_file(reports_file)]).fit()
+        result = build_trainer(dataclasses.replace(inputs.trial, train=train), name=name, callbacks=[reports_to_file(reports_file)]).fit()
         if result.error:
             raise RuntimeError(result.error)
         history = pd.DataFrame(read_reports(reports_file)).drop_duplicates("epoch", keep="last").sort_values("epoch")
@@ -230,7 +230,7 @@ def main(argv=None):
     parser.add_argument("--a-cpus", type=int, default=1, help="CPUs (torch threads) of each (a) trial; (b)'s trials get 1")
     args = parser.parse_args(argv)
 
-    from arxivcls.train import prepare_inputs
+    from arxivcls.inputs import prepare_inputs
 
     report = Report(NAME, "HPO efficiency: plain sequential Optuna vs arxivcls's studies (OptunaSearch + ASHA, OptunaSearch + synchronous halving)")
     rows, pairs, replays, same_rows = [], [], [], []
@@ -241,7 +241,7 @@ def main(argv=None):
         for i, seed in enumerate(seeds):
             config = base_config(papers, tiny, workdir, args, seed)
             inputs = prepare_inputs(config, log=lambda *a: None)  # tokenized once; all approaches reuse it
-            split_sizes = inputs["prepared"].meta["split_sizes"]
+            split_sizes = inputs.prepared.meta["split_sizes"]
             chosen = [a for a in "abc" if a in args.approaches.split(",")]
             order = chosen if i % 2 == 0 else chosen[::-1]
             result = {}

@@ -96,12 +96,14 @@ def log_breakdown(events: list[dict], run: str) -> dict:
 
 
 def direct_run(inputs, train, name: str, workdir: Path) -> dict:
+    import dataclasses
+
     from arxivcls.train import build_trainer
 
     record_dir = workdir / "records" / name
     reports_file = workdir / "records" / f"{name}.jsonl"  # every epoch: Result lists only checkpointed ones
     reports_file.parent.mkdir(parents=True, exist_ok=True)
-    trainer = instrument(build_trainer(train, inputs["loop_base"], name=name, callbacks=[reports_to_file(reports_file)]),
+    trainer = instrument(build_trainer(dataclasses.replace(inputs.trial, train=train), name=name, callbacks=[reports_to_file(reports_file)]),
                          str(record_dir))
     t0 = time.time()
     result = trainer.fit()
@@ -211,7 +213,7 @@ def main(argv=None):
     import dataclasses
 
     from arxivcls.config import Config, DataConfig, ModelConfig, TrainConfig
-    from arxivcls.train import prepare_inputs
+    from arxivcls.inputs import prepare_inputs
 
     report = Report(NAME, "Per-trial fixed cost, tokenize-once, and study-time growth")
     trial_counts = [int(x) for x in args.trials.split(",")]

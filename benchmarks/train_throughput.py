@@ -110,6 +110,7 @@ def hf_run_in_ray_train(label, model_dir, id2label, features, tokenizer, *, args
     import ray.train
 
     from arxivcls.config import TrainConfig
+    from arxivcls.inputs import TrialInputs
     from arxivcls.train import build_trainer
 
     row_file = workdir / "row.json"
@@ -132,7 +133,7 @@ def hf_run_in_ray_train(label, model_dir, id2label, features, tokenizer, *, args
 
     with local_ray(num_cpus=args.cpus) as cluster:
         train = TrainConfig(cpus_per_worker=args.cpus, storage_path=str(workdir / "runs"), max_failures=0)
-        result = build_trainer(train, {}, name="bench-train-throughput-t", loop=train_function).fit()
+        result = build_trainer(TrialInputs(train), name="bench-train-throughput-t", loop=train_function).fit()
         if result.error:
             raise RuntimeError(f"variant {label} failed: {result.error}")
     row = json.loads(row_file.read_text())
@@ -146,17 +147,18 @@ def arxivcls_run(label, model_dir, id2label, token_lists, labels, *, args, workd
 
     from arxivcls.config import TrainConfig
     from arxivcls.features import TokenizedSplit
-    from arxivcls.train import build_trainer, last_reported_metrics
+    from arxivcls.inputs import TrialInputs
+    from arxivcls.rundir import last_reported_metrics
+    from arxivcls.train import build_trainer
 
     with local_ray(num_cpus=args.cpus) as cluster:
         split = TokenizedSplit.from_lists(token_lists, labels)
         val = TokenizedSplit.from_lists(token_lists[:16], labels[:16])  # tiny: validation is not timed
-        loop_base = {"model_dir": model_dir, "id2label": id2label, "data_ref": ray.put({"train": split, "val": val})}
         train = TrainConfig(learning_rate=args.lr, batch_size=args.batch_size, epochs=1, weight_decay=0.01,
                             warmup_ratio=0.0, seed=args.seed, precision=args.precision,
                             cpus_per_worker=args.cpus, gpus_per_worker=1.0 if torch.cuda.is_available() else 0.0,
                             eval_batch_size=16, storage_path=str(workdir / "runs" / label[:3]), max_failures=0)
-        trainer = instrument(build_trainer(train, loop_base, name="bench-train-throughput"), str(workdir / "records"))
+        trainer = instrument(build_trainer(TrialInputs(train, model_dir, id2label, ray.put({"train": split, "val": val})), name="bench-train-throughput"), str(workdir / "records"))
         started = time.perf_counter()
         result = trainer.fit()
         total = time.perf_counter() - started

@@ -51,7 +51,7 @@ def ray_local():
     in a subprocess start their own cluster there instead."""
     import ray
 
-    from arxivcls.train import start_local_ray
+    from arxivcls.raycluster import start_local_ray
 
     start_local_ray(num_cpus=2)
     yield ray

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import pyarrow.fs
 import pytest
 
-from arxivcls.train import prune_checkpoints
+from arxivcls.rundir import prune_checkpoints
 
 
 def test_prune_keeps_only_the_best_even_checkpoints_the_result_does_not_list(tmp_path):
@@ -37,7 +37,7 @@ def test_prune_min_mode_and_ties_keep_the_later(tmp_path):
 def test_study_prune_trims_a_stopped_trials_run_and_leaves_errored_trials_alone(tmp_path):
     import pandas as pd
 
-    from arxivcls.tuning import prune_study_checkpoints
+    from arxivcls.trials import prune_study_checkpoints
 
     experiment = tmp_path / "study"
     for trial in ("stopped", "errored"):
@@ -70,7 +70,7 @@ def checkpoint_dirs(run):
 
 
 def test_publish_never_holds_more_than_keep_and_keeps_the_newest(tmp_path):
-    from arxivcls.train import newest_checkpoint, publish_checkpoint
+    from arxivcls.rundir import newest_checkpoint, publish_checkpoint
 
     for keep in (1, 2):
         run = tmp_path / f"train-keep{keep}"
@@ -82,7 +82,7 @@ def test_publish_never_holds_more_than_keep_and_keeps_the_newest(tmp_path):
 
 
 def test_a_crash_while_writing_keeps_the_old_checkpoint(tmp_path):
-    from arxivcls.train import newest_checkpoint, publish_checkpoint
+    from arxivcls.rundir import newest_checkpoint, publish_checkpoint
 
     run = tmp_path / "train-x"
     old = publish_checkpoint(run, write_fake_checkpoint(1), keep=1)
@@ -105,7 +105,7 @@ def test_a_crash_mid_swap_resumes_from_the_new_checkpoint(tmp_path, monkeypatch,
     old one deleted. A crash after either rename still leaves the new checkpoint to resume from."""
     import pathlib
 
-    from arxivcls.train import newest_checkpoint, publish_checkpoint
+    from arxivcls.rundir import newest_checkpoint, publish_checkpoint
 
     run = tmp_path / "train-x"
     publish_checkpoint(run, write_fake_checkpoint(1), keep=1)

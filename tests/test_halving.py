@@ -8,7 +8,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from arxivcls.halving import PausableLimiter, SynchronousHalving, rung_epochs, survivors
-from arxivcls.train import RUNG_STATE, forget_deleted_checkpoints, publish_checkpoint, restore_point, save_rung_state
+from arxivcls.rundir import RUNG_STATE, RunDir, forget_deleted_checkpoints, publish_checkpoint, save_rung_state
 
 
 def test_rungs_and_survivors():
@@ -138,7 +138,7 @@ def test_optuna_hears_stopped_and_paused_trials_as_pruned_at_their_epoch():
     import optuna
 
     from arxivcls.config import Config
-    from arxivcls.tuning import make_searcher, tune_search_space
+    from arxivcls.search import make_searcher, tune_search_space
 
     config = Config()
     config.tune.num_samples = 4
@@ -168,7 +168,7 @@ def test_optuna_hears_stopped_and_paused_trials_as_pruned_at_their_epoch():
 
 
 def test_a_trial_paused_at_a_rung_that_was_not_its_best_resumes_from_the_rung_state(tmp_path):
-    run, where = tmp_path / "train-x", {"run_storage": str(tmp_path), "run_name": "train-x"}
+    run, where = tmp_path / "train-x", RunDir(str(tmp_path), "train-x")
 
     def write(directory):
         directory.mkdir(parents=True)
@@ -176,11 +176,11 @@ def test_a_trial_paused_at_a_rung_that_was_not_its_best_resumes_from_the_rung_st
 
     publish_checkpoint(run, write, keep=1)  # epoch 1 improved
     save_rung_state(run, write)  # epoch 2, a rung, did not
-    with restore_point(where) as point:
+    with where.restore_point() as point:
         assert point == run / RUNG_STATE
     publish_checkpoint(run, write, keep=1)  # epoch 3 improved: the rung state is superseded
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith("checkpoint_")) == []
-    with restore_point(where) as point:
+    with where.restore_point() as point:
         assert point.name.startswith("checkpoint_") and len(list(run.glob("checkpoint_*"))) == 1
 
 

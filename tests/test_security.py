@@ -43,7 +43,7 @@ def test_local_cluster_keeps_token_auth_and_loopback_dashboard():
         import json, os, urllib.request, urllib.error
         os.environ.pop("RAY_ADDRESS", None)
         import ray
-        from arxivcls.train import connect_ray
+        from arxivcls.raycluster import connect_ray
         connect_ray(log=lambda *_: None)
         from ray._private.worker import _global_node
         url = _global_node.webui_url

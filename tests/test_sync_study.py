@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from arxivcls.config import load_config
-from arxivcls.train import LAST_REPORT
+from arxivcls.rundir import LAST_REPORT
 from arxivcls.tuning import run_study
 from conftest import tiny_study_yaml
 

@@ -1,0 +1,41 @@
+"""Joining a Ray cluster (`--address` / RAY_ADDRESS), or starting a local one."""
+import logging
+import os
+import socket
+
+
+def connect_ray(address: str | None = None, log=print) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        info = ray.init(address=address, logging_level="WARNING")
+    else:
+        info = start_local_ray()
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ray.data.DataContext.get_current().print_on_execution_start = False
+    dashboard = info.dashboard_url
+    log(f"ray: {'joined ' + address if address else 'started a local cluster'}; dashboard http://{dashboard}"
+        if dashboard else "ray: connected (no dashboard)")
+
+
+def start_local_ray(num_cpus: int | None = None, env_vars: dict | None = None):
+    """A local cluster. The dashboard (and token auth, on by default in Ray 2.60) stay on loopback.
+
+    Ray Train's PlacementGroupCleaner (which frees the workers of a trial ASHA stopped) finds the
+    state API by auto-detection, and that fails when another Ray instance runs on the machine:
+    the freed CPUs never come back and the next trial's worker group times out forever. So the
+    dashboard gets a known port and every worker of this job is told where it is."""
+    import ray
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env_vars = {**(env_vars or {}), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    return ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port,
+                    include_dashboard=True, logging_level="WARNING", runtime_env={"env_vars": env_vars})

@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument("--replicas", type=int, default=1, help="model replicas, each loading the model once")
     p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves for each replica (its torch threads)")
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs Ray reserves for each replica (0: the model runs on CPUs)")
     p.add_argument("--max-batch-size", type=int, default=16, help="papers per forward pass at most (1 = no batching)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a forward pass waits for more papers")
     p.add_argument("--max-papers", type=int, default=64, help="papers per request at most (more: HTTP 413)")

@@ -217,10 +217,11 @@ def plot_optimization_history(out_dir, trials: pd.DataFrame, metric: str, mode: 
     best_so_far = (np.fmax if mode == "max" else np.fmin).accumulate(values)
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
-    for kind, marker in (("ran", "o"), ("asha", "x"), ("patience", "s"), ("error", "*")):
+    for kind, marker, label in (("ran", "o", "full budget"), ("asha", "x", "stopped early by the scheduler"),
+                                ("patience", "s", "stopped by patience"), ("error", "*", "error")):
         mask = np.array([_status_kind(s) == kind for s in trials.status])
         if mask.any():
-            ax.scatter(order[mask], values[mask], marker=marker, label=f"trial ({kind if kind != 'ran' else 'full budget'})")
+            ax.scatter(order[mask], values[mask], marker=marker, label=f"trial: {label}")
     ax.step(order, best_so_far, where="post", color="black", label="best so far")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial (order proposed; 1 = the default configuration)")

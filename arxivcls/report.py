@@ -63,6 +63,10 @@ def comparison_with_intervals(comparison: pd.DataFrame, intervals: pd.DataFrame 
     """The comparison table, each metric that has an interval written `value [low, high]`."""
     columns = [c for c in COMPARISON_COLUMNS if c in comparison] or list(comparison.columns)
     table = comparison[columns].astype(object)
+    if "inference_seconds" in table:
+        table["inference_seconds"] = comparison.inference_seconds.map(lambda v: "n/a" if pd.isna(v) else f"{v:.1f}")
+    if "mean_confidence" in table:
+        table["mean_confidence"] = comparison.mean_confidence.map(lambda v: f"{v:.3f}")
     for model in table.index:
         for metric in columns:
             if intervals is not None and model in intervals.index and f"{metric}_low" in intervals:
@@ -102,7 +106,7 @@ def _small_class_line(size_bins) -> list[str]:
     if size_bins is None or size_bins.empty:
         return []
     small = size_bins[size_bins.size_bin.isin(SMALL_BINS) & (size_bins.test_papers > 0)]
-    if small.empty:
+    if small.empty or small.test_papers.sum() == size_bins.test_papers.sum():  # no larger classes to compare with
         return []
     models = [c[: -len("_accuracy")] for c in small.columns if c.endswith("_accuracy")]
     papers = small.test_papers.sum()
@@ -149,11 +153,13 @@ def trial_table(trials: pd.DataFrame, metric: str) -> tuple[str, str]:
     """Every trial's hyperparameters, budget used, status and score, and a line naming the best."""
     params = [c for c in trials.columns if c.startswith("p_")]
     table = trials[["trial_id", "is_default", *params, "status", "epochs_run", "best_metric"]].copy()
+    for p in params:  # learning rates span decades: significant digits, not decimals
+        table[p] = table[p].map(lambda v: f"{v:.3g}" if isinstance(v, float) else v)
     table["trial_id"] = [f"**{t}** (best)" if i == trials.best_metric.idxmax() else t for i, t in table.trial_id.items()]
     table = table.rename(columns={**{p: p[2:] for p in params}, "is_default": "default", "epochs_run": "epochs",
                                   "best_metric": f"best {metric}"})
     best = trials.loc[trials.best_metric.idxmax()]
-    setting = ", ".join(f"{p[2:]}={_fmt(best[p], 6)}" for p in params)
+    setting = ", ".join(f"{p[2:]}={best[p]:.3g}" if isinstance(best[p], float) else f"{p[2:]}={best[p]}" for p in params)
     return markdown_table(table), f"Best configuration: trial {best.trial_id} ({metric} {best.best_metric:.4f}): {setting}."
 
 
@@ -189,6 +195,8 @@ def write_report_md(out_dir, context: dict) -> str:
                        ("confusion_pairs", "Most frequent confusions of the tuned model"),
                        ("category_differences", "Categories where the tuned model and the baseline differ most (F1)")):
         table = context.get(key)
+        if key == "size_bins" and table is not None and "test_papers" in table:
+            table = table[table.test_papers > 0]
         md += _section(title, markdown_table(table) if table is not None and not table.empty else None)
     md += _section("Study", "\n".join(_study_lines(context.get("study") or {})))
     plots = {name: file for name, file in (context.get("plots") or {}).items() if file}

@@ -20,6 +20,7 @@ from arxivcls.errors import UserError
 
 APP = "arxivcls"
 ROUTES = {"/": "GET", "/health": "GET", "/predict": "POST"}
+MAX_QUEUED = 256  # requests waiting for a replica, beyond which the endpoint answers 503
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ServeOptions:
     model_dir: str
     replicas: int = 1
     cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
     max_batch_size: int = 16  # 1 = no batching: one forward pass per paper
     batch_wait_ms: float = 5.0
     max_papers: int = 64  # per request
@@ -38,8 +40,8 @@ class ServeOptions:
         for name in ("replicas", "max_batch_size", "max_papers", "max_chars"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.cpus_per_replica <= 0 or self.batch_wait_ms < 0:
-            raise UserError("--cpus-per-replica must be > 0 and --batch-wait-ms >= 0")
+        if self.cpus_per_replica <= 0 or self.gpus_per_replica < 0 or self.batch_wait_ms < 0:
+            raise UserError("--cpus-per-replica must be > 0, --gpus-per-replica and --batch-wait-ms >= 0")
 
     @property
     def max_body_bytes(self) -> int:
@@ -232,8 +234,9 @@ class Classifier:
 
 def build_app(options: ServeOptions):
     deployment = serve.deployment(Classifier, name="Classifier").options(
-        num_replicas=options.replicas, ray_actor_options={"num_cpus": options.cpus_per_replica},
-        max_ongoing_requests=max(32, 2 * options.max_batch_size), max_constructor_retry_count=3)
+        num_replicas=options.replicas, ray_actor_options={"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica},
+        max_ongoing_requests=max(32, 2 * options.max_batch_size), max_queued_requests=MAX_QUEUED,
+        max_constructor_retry_count=3)
     return deployment.bind(dataclasses.asdict(options))
 
 
@@ -259,8 +262,8 @@ def serve_cli(args) -> None:
     from arxivcls.ensemble import load_predictor
     from arxivcls.raycluster import connect_ray
 
-    options = ServeOptions(args.model, args.replicas, args.cpus_per_replica, args.max_batch_size,
-                           args.batch_wait_ms, args.max_papers, args.max_chars)
+    options = ServeOptions(args.model, args.replicas, args.cpus_per_replica, args.gpus_per_replica,
+                           args.max_batch_size, args.batch_wait_ms, args.max_papers, args.max_chars)
     options.check()
     load_predictor(args.model)  # a UserError for a directory that is not a model, before Ray starts
     joined = bool(args.address or os.environ.get("RAY_ADDRESS"))

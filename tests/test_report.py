@@ -87,7 +87,7 @@ def test_report_lists_every_trial_and_calls_out_the_best(tmp_path):
                                   "epochs_run": [2, 2, 1], "best_metric": [0.30, 0.41, 0.20]})
     ctx["metric"] = "val_macro_f1"
     text = write_report_md(tmp_path, ctx)
-    assert "Best configuration: trial b2 (val_macro_f1 0.4100): learning_rate=0.000300." in text
+    assert "Best configuration: trial b2 (val_macro_f1 0.4100): learning_rate=0.0003." in text
     assert "**b2** (best)" in text and "stopped_by_halving" in text
 
 

@@ -69,6 +69,22 @@ def test_loaded_model_predicts_as_predict(tiny_bert, real_papers):
     np.testing.assert_allclose(served(texts[:1]), reference(texts)[:1], atol=1e-6)  # alone or in a batch
 
 
+def test_loaded_ensemble_predicts_as_predict(tiny_bert, real_papers, tmp_path):
+    from arxivcls.baseline import fit_baseline
+    from arxivcls.ensemble import load_predictor, save_ensemble
+
+    texts = [paper_text(t, a) for t, a in zip(real_papers.title, real_papers.summary)]
+    labels = (real_papers.category_code == "cs.CL").to_numpy().astype(int)
+    fit_baseline(texts, labels, 2).save(tmp_path / "baseline", ["LABEL_0", "LABEL_1"])
+    save_ensemble(tmp_path / "ensemble", tiny_bert, tmp_path / "baseline", 0.3, 64, "fp32")
+    served, _, settings = load_model(str(tmp_path / "ensemble"))
+    reference, _ = load_predictor(str(tmp_path / "ensemble"))
+    assert settings["kind"] == "ensemble" and settings["max_length"] == 64
+    np.testing.assert_allclose(served(texts[:8]), reference(texts[:8]), atol=1e-6)
+    baseline, _, _ = load_model(str(tmp_path / "baseline"))
+    np.testing.assert_allclose(baseline(texts[:8]), load_predictor(str(tmp_path / "baseline"))[0](texts[:8]), atol=1e-9)
+
+
 def test_serve_refuses_bad_options_before_starting_ray(tiny_bert, tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
     assert main(["serve", "--model", str(tmp_path)]) == 2  # a directory without a model
@@ -219,9 +235,9 @@ def _retrying(url: str, papers: list[dict], deadline: float, tries: list) -> lis
             if status == 200:
                 return answer["predictions"]
             assert status >= 500, answer  # a 4xx would be a bug: the requests are good
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        tries.append(1)
+            tries.append(f"HTTP {status}")
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            tries.append(type(e).__name__)
         assert time.time() < deadline, "no answer before the deadline"
         time.sleep(0.5)
 
@@ -254,5 +270,5 @@ def test_replica_killed_mid_traffic_is_replaced_and_nothing_is_lost(server, real
         time.sleep(1)
     assert _same(_predict(server.url, papers[:2]), [expected[0][0], expected[1][0]])
     reliability.record("fault", "`arxivcls serve`: one of 2 replicas SIGKILLed mid-traffic (24 requests, 4 clients)",
-                       f"{len(retries)} tries retried by the client, all 24 answered; Serve started a new replica "
-                       "and the endpoint kept answering")
+                       f"{len(retries)} failed tries ({', '.join(sorted(set(retries))) or 'none'}) retried by the client, "
+                       "all 24 answered; Serve started a new replica and the endpoint kept answering")

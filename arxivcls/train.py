@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from arxivcls.config import Config, TrainConfig
+from arxivcls.errors import UserError
 from arxivcls.features import TokenizedSplit, collate, length_grouped_batches, sorted_batches
 from arxivcls.inputs import TrialInputs, preflight, prepare_inputs
 from arxivcls.rundir import LAST_REPORT, TRAINING_STATE, RunDir, best_checkpoint, export_model, prune_checkpoints
@@ -358,7 +359,8 @@ def run_training(config: Config, address: str | None = None, log=print) -> dict:
     prune_checkpoints(result, train.checkpoint_keep, train.metric, train.mode)
     checkpoint, value = best_checkpoint(result, train.metric, train.mode)
     if checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint: {result.error}")
+        why = str(result.error).splitlines()[0] if result.error else "no epoch was reported"
+        raise UserError(f"training finished without a checkpoint: {why}")
     output = export_model(checkpoint.path, train.output_dir)
     log(f"best {train.metric}={value:.4f}; model saved to {output} ({time.time() - started:.0f}s)")
     return {"model_dir": output, "metric": value, "metrics": RunDir(train.storage_path, run_name).last_report()}

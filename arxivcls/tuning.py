@@ -176,6 +176,7 @@ def make_scheduler(config: Config, trial: TrialInputs, max_epochs: int, concurre
 def make_tuner(config: Config, trial: TrialInputs, concurrency: int, paths: dict, resume: bool, log=print):
     from ray import tune
 
+    from arxivcls.progress import StudyProgress
     from arxivcls.search import tune_search_space
 
     max_epochs = max(trial.train.epochs, int(config.tune.search_space.get("epochs", {}).get("high", trial.train.epochs)))
@@ -190,10 +191,11 @@ def make_tuner(config: Config, trial: TrialInputs, concurrency: int, paths: dict
     return tune.Tuner(
         trainable,
         param_space=tune_search_space(config.tune.search_space),
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=config.tune.num_samples,
-                                    max_concurrent_trials=concurrency),
+        # the search algorithm's ConcurrencyLimiter bounds concurrency (Tune's max_concurrent_trials would repeat it)
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=config.tune.num_samples),
         run_config=tune.RunConfig(name=config.tune.study, storage_path=paths["storage"],
-                                  failure_config=tune.FailureConfig(max_failures=config.tune.max_failures)),
+                                  failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
+                                  callbacks=[StudyProgress(config.tune.num_samples, config.tune.metric, config.tune.mode)]),
     )
 
 
@@ -258,9 +260,9 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
     default_id = RunDir(paths["experiment"], DEFAULT_TRIAL[0]).read(DEFAULT_TRIAL[1])
     trials, history = collect_trials(grid, config, paths["experiment"], default_id)
     if trials.empty or trials.best_metric.isna().all():
-        raise RuntimeError(f"no trial reported {config.tune.metric}; see the trial errors under {paths['experiment']}")
+        raise UserError(f"no trial reported {config.tune.metric}; the trials' errors and logs are under {paths['experiment']}")
     if not trials.is_default.iloc[0]:
-        raise RuntimeError("the default configuration trial is missing from the study")
+        raise UserError(f"the default configuration's trial did not finish; its error and logs are under {paths['experiment']}")
     best = trials.dropna(subset=["best_metric"]).sort_values("best_metric", ascending=config.tune.mode == "min").iloc[0]
     default = trials.iloc[0]
     models = {"tuned": export_model(best.best_checkpoint, str(paths["models"] / "tuned")),
@@ -274,6 +276,10 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
         from arxivcls.evaluate import evaluate_study
 
         evaluate_study(paths["results"], address=address, log=log)
+    failed = trials[trials.status == "error"]
+    if not failed.empty:  # the results are written; the exit code still says that trials failed
+        raise UserError(f"{len(failed)} of {len(trials)} trials failed ({', '.join(failed.trial_id)}); "
+                        f"their errors and logs are under {paths['experiment']}/trial_driver_<id>_*/")
     return paths["results"]
 
 

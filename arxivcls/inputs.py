@@ -19,6 +19,7 @@ class TrialInputs:
     data_ref: Any = None  # ray.ObjectRef of {"train": TokenizedSplit, "val": TokenizedSplit}
     wait_at_epochs: tuple[int, ...] = ()  # tune.scheduler: sync's rung epochs
     run: RunDir | None = None  # set by train.build_trainer
+    max_length: int = 512  # data.max_length: saved with the tokenizer, so predict truncates as training did
 
     def with_train(self, **changes) -> "TrialInputs":
         return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
@@ -59,5 +60,5 @@ def prepare_inputs(config: Config, log=print) -> PreparedInputs:
     splits = {name: tokenize_split(prepared, name, tokenizer, config.data.max_length, config.data.cache_dir,
                                    log=log, stats=tokenization)
               for name in ("train", "val")}  # test is read by the evaluation stage only
-    trial = TrialInputs(config.train, model_dir, prepared.id2label, ray.put(splits))
+    trial = TrialInputs(config.train, model_dir, prepared.id2label, ray.put(splits), max_length=config.data.max_length)
     return PreparedInputs(prepared, splits, tokenization, trial)

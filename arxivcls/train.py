@@ -164,6 +164,8 @@ def setup(inputs: TrialInputs) -> LoopState:
         model = load_classifier(str(checkpoint_dir)) if checkpoint_dir else load_classifier(inputs.model_dir, inputs.id2label)
         saved = torch.load(checkpoint_dir / TRAINING_STATE, weights_only=True) if checkpoint_dir else None
     tokenizer = load_tokenizer(inputs.model_dir) if rank == 0 else None
+    if tokenizer is not None:
+        tokenizer.model_max_length = inputs.max_length  # the exported model truncates where training did
     if device.type == "mps":
         model = model.to(device)
     else:

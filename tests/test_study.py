@@ -130,7 +130,7 @@ def test_plan_matches_what_the_study_did(study):
     assert plan["data"]["split_sizes"] == info["data"]["split_sizes"]
 
 
-def test_saved_ensemble_and_baseline_predict_like_the_evaluation(study, ray_local, capsys):
+def test_predict_on_the_saved_models_gives_the_evaluation_s_top_1(study, ray_local, capsys):
     from arxivcls.cli import main
     from arxivcls.data import load_prepared
 
@@ -144,7 +144,9 @@ def test_saved_ensemble_and_baseline_predict_like_the_evaluation(study, ray_loca
     pd.DataFrame({"id": test.id, "title": test.text, "abstract": ""}).to_csv(papers, index=False)
     predictions = pd.read_parquet(results / "predictions.parquet").set_index("id").loc[test.id]
     models = Path(info["models"]["tuned"]).parent
-    for name in ("ensemble", "baseline"):
+    tokenizer_config = json.loads((models / "tuned" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == info["config"]["data"]["max_length"]  # predict truncates as training did
+    for name in ("tuned", "ensemble", "baseline"):
         if name in evaluation["identical"]:
             continue
         out = study["tmp"] / f"{name}.csv"

@@ -11,6 +11,7 @@ import hashlib
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -136,12 +137,12 @@ def load_model(model_dir: str, num_threads: int = 0):
 def _load_transformer(directory: Path, max_length: int | None, precision: str, num_threads: int):
     from transformers import AutoConfig
 
-    from arxivcls.ensemble import load_predictor
+    from arxivcls.ensemble import load_predictor, trained_max_length
     from arxivcls.evaluate import Predictor, length_sorted
 
     _, id2label = load_predictor(str(directory), max_length, precision)  # checks the config; loads no weights
     config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
-    length = max_length or min(512, getattr(config, "max_position_embeddings", 512))  # predict's rule
+    length = max_length or trained_max_length(directory) or min(512, getattr(config, "max_position_embeddings", 512))
     predictor = Predictor(str(directory), length, num_threads=num_threads, precision=precision)
 
     def predict(texts: list[str]) -> np.ndarray:  # predict_in_process with the model kept
@@ -188,15 +189,26 @@ class Classifier:
                      "max_batch_size": self.options.max_batch_size}
         self.names = {c: category_name(c) for c in self.id2label.values()}
         self.served = {"papers": 0, "forward_passes": 0}  # this replica's, since it started
+        self.forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self.predict_batch.set_max_batch_size(self.options.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.options.batch_wait_ms / 1000)
+
+    async def forward(self, texts: list[str]) -> np.ndarray:
+        """One forward pass, on the replica's one forward thread (one pass at a time, one set of
+        torch threads); the event loop keeps reading and queueing requests meanwhile."""
+        self.served["forward_passes"] += 1
+        self.served["papers"] += len(texts)
+        return await asyncio.get_running_loop().run_in_executor(self.forward_thread, self.predict_probs, texts)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def predict_batch(self, texts: list[str]) -> list[np.ndarray]:
         """One paper per item; papers of concurrent requests share one forward pass."""
-        self.served["forward_passes"] += 1
-        self.served["papers"] += len(texts)
-        return list(await asyncio.to_thread(self.predict_probs, texts))
+        return list(await self.forward(texts))
+
+    async def predict_paper(self, text: str) -> np.ndarray:
+        if self.options.max_batch_size == 1:  # no batching: no batch queue either (it waits for company)
+            return (await self.forward([text]))[0]
+        return await self.predict_batch(text)
 
     async def __call__(self, request):
         from starlette.responses import JSONResponse
@@ -216,16 +228,14 @@ class Classifier:
         except BadRequest as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
         except Exception as e:  # a bug, not the request: the replica keeps serving
-            import logging
-
-            logging.getLogger("ray.serve").exception("predict failed")
+            __import__("logging").getLogger("ray.serve").exception("predict failed")
             return JSONResponse({"error": f"internal error ({type(e).__name__})"}, status_code=500)
 
     async def answer(self, body: bytes) -> dict:
         from arxivcls.predict import top_k
 
         texts, k = parse_request(body, self.options)
-        probs = np.stack(await asyncio.gather(*(self.predict_batch(t) for t in texts)))
+        probs = np.stack(await asyncio.gather(*(self.predict_paper(t) for t in texts)))
         ranked = top_k(probs, self.id2label, k)
         return {"version": self.info["version"],
                 "predictions": [[{"category": c, "name": self.names[c], "probability": p} for c, p in ranks]
@@ -269,7 +279,7 @@ def serve_cli(args) -> None:
     joined = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if not joined:
         _check_port(args.host, args.port)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it as Ctrl-C does
     connect_ray(args.address)
     try:
         url = deploy(options, args.host, args.port)
@@ -281,10 +291,6 @@ def serve_cli(args) -> None:
     finally:
         serve.delete(APP) if joined else serve.shutdown()  # on a shared cluster, only this app goes
         ray.shutdown()
-
-
-def _interrupt(*_):
-    raise KeyboardInterrupt
 
 
 def _check_port(host: str, port: int) -> None:

@@ -75,29 +75,29 @@ async def load(url: str, papers: list[dict], concurrency: int, requests: int) ->
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
         seconds = time.perf_counter() - started
     ms = np.array(latencies) * 1000
-    return {"requests": requests, "errors": errors, "seconds": seconds, "req/s": requests / seconds,
-            "p50 ms": float(np.percentile(ms, 50)), "p95 ms": float(np.percentile(ms, 95)),
-            "p99 ms": float(np.percentile(ms, 99))}
+    return {"requests": requests, "errors": errors, "seconds": round(seconds, 1), "req/s": round(requests / seconds, 1),
+            **{f"p{q} ms": round(float(np.percentile(ms, q))) for q in (50, 95, 99)}}
 
 
 def served(url: str) -> dict:
+    """The replica's GET / answer: model settings and its counters."""
     import json
     import urllib.request
 
     with urllib.request.urlopen(f"{url}/", timeout=60) as r:
-        return json.loads(r.read())["served"]
+        return json.loads(r.read())
 
 
 def measure(urls: dict, papers: list[dict], levels: list[int], requests: int) -> list[dict]:
     rows = []
     for n, level in enumerate(levels):
         for mode in (list(MODES) if n % 2 == 0 else list(MODES)[::-1]):
-            before = served(urls[mode])
+            before = served(urls[mode])["served"]
             row = asyncio.run(load(urls[mode], papers, level, requests))
-            after = served(urls[mode])
+            after = served(urls[mode])["served"]
             passes = after["forward_passes"] - before["forward_passes"]
             rows.append({"mode": mode, "concurrency": level, **row,
-                         "papers/forward pass": (after["papers"] - before["papers"]) / max(1, passes)})
+                         "papers/forward pass": round((after["papers"] - before["papers"]) / max(1, passes), 1)})
             print(rows[-1], flush=True)
     return rows
 
@@ -115,9 +115,10 @@ def gains(rows: list[dict]) -> list[dict]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="tiny | minilm | a saved model directory")
-    parser.add_argument("--requests", type=int, default=160, help="single-paper requests per mode and concurrency level")
+    parser.add_argument("--requests", type=int, default=64, help="single-paper requests per mode and concurrency level")
     parser.add_argument("--concurrency", default="1,4,8,16", help="client connections, comma-separated")
     parser.add_argument("--cpus", type=int, default=2, help="torch threads (and Ray CPUs) of each replica")
+    parser.add_argument("--gpus", type=float, default=0, help="GPUs of each of the two replicas (both on one GPU: 0.5)")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=11)
@@ -137,27 +138,29 @@ def main(argv=None):
         model_dir = build_model(args.model, Path(tmp), papers)
         urls = {}
         for mode, size in MODES.items():
-            options = ServeOptions(model_dir, cpus_per_replica=args.cpus, max_batch_size=size or args.max_batch_size,
+            options = ServeOptions(model_dir, cpus_per_replica=args.cpus, gpus_per_replica=args.gpus, max_batch_size=size or args.max_batch_size,
                                    batch_wait_ms=args.batch_wait_ms)
             slug = mode.replace(" ", "-")
             urls[mode] = deploy(options, port=port, name=f"bench-{slug}", route_prefix=f"/{slug}")
             asyncio.run(load(urls[mode], papers, 4, 16))  # warm-up, not timed
         try:
+            settings = served(urls["batching"])
             rows = measure(urls, papers, levels, args.requests)
         finally:
             serve.shutdown()
-    write(report, args, rows)
+    write(report, args, rows, settings)
 
 
-def write(report: Report, args, rows: list[dict]) -> None:
+def write(report: Report, args, rows: list[dict], settings: dict) -> None:
     ratio = gains(rows)
     high = [g for g in ratio if g["concurrency"] >= 8]
-    report.add(f"Model: {args.model} (max_length 512 as `arxivcls predict`); one replica per mode with {args.cpus} "
+    report.add(f"Model: {args.model} (max_length {settings['max_length']} and {settings['precision']}, as "
+               f"`arxivcls predict`); one replica per mode with {args.cpus} "
                f"torch threads; batching = up to {args.max_batch_size} papers per forward pass, "
                f"{args.batch_wait_ms:g} ms wait. {args.requests} single-paper requests per row, client and server on the "
                "same machine (the client's CPU counts against the server's). With this many requests p99 is "
-               "about the second-slowest request.")
-    report.add("## Throughput and latency\n\n" + md_table(rows, floatfmt="{:.3g}"))
+               "close to the slowest request.")
+    report.add("## Throughput and latency\n\n" + md_table(rows, floatfmt="{:g}"))
     report.add("## Batching against no batching\n\n" + md_table(ratio, floatfmt="{:.2f}"))
     if high:
         low = min(g["throughput gain"] for g in high)

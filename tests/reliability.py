@@ -32,4 +32,4 @@ def write_table() -> None:
     atomic_write_text(table, "# Reliability: faults and bad inputs tried\n\n"
                              "Written by `ARXIVCLS_RELIABILITY_TABLE=results/reliability.md python -m pytest` from "
                              "`tests/test_bad_inputs.py`, `tests/test_faults.py`, `tests/test_security.py` and "
-                             "`tests/test_two_node_cluster.py`; each row is a test that passed.\n\n" + HEADER + body)
+                             "`tests/test_serve.py` and `tests/test_two_node_cluster.py`; each row is a test that passed.\n\n" + HEADER + body)

@@ -12,7 +12,7 @@ def test_version_and_every_argument_documented_with_its_default(capsys):
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.startswith("arxivcls ")
     subcommands = build_parser()._subparsers._group_actions[0].choices
-    assert set(subcommands) == {"prepare", "plan", "train", "tune", "evaluate", "predict"}
+    assert set(subcommands) == {"prepare", "plan", "train", "tune", "evaluate", "predict", "serve"}
     for name, parser in subcommands.items():
         for action in parser._actions:
             if action.dest != "help":

@@ -69,6 +69,20 @@ def test_loaded_model_predicts_as_predict(tiny_bert, real_papers):
     np.testing.assert_allclose(served(texts[:1]), reference(texts)[:1], atol=1e-6)  # alone or in a batch
 
 
+def test_loaded_model_truncates_where_it_was_trained(tiny_bert, real_papers, tmp_path):
+    import shutil
+
+    from arxivcls.ensemble import load_predictor
+
+    model = Path(shutil.copytree(tiny_bert, tmp_path / "trained_at_64"))
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 64}))
+    texts = [paper_text(t, a) for t, a in zip(real_papers.title[:6], real_papers.summary[:6])]
+    served, _, settings = load_model(str(model))
+    assert settings["max_length"] == 64
+    np.testing.assert_allclose(served(texts), load_predictor(str(model))[0](texts), atol=1e-6)
+
+
 def test_loaded_ensemble_predicts_as_predict(tiny_bert, real_papers, tmp_path):
     from arxivcls.baseline import fit_baseline
     from arxivcls.ensemble import load_predictor, save_ensemble

@@ -88,13 +88,7 @@ def _split_named(item: str) -> tuple[str, str]:
 SHOW_DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from importlib.metadata import version
-
-    parser = argparse.ArgumentParser(prog="arxivcls", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"arxivcls {version('arxivcls')}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_prepare(sub) -> None:
     p = sub.add_parser("prepare", formatter_class=SHOW_DEFAULTS, help="validate, filter and split a papers file (cached)")
     p.add_argument("--data", required=True, help="papers file: .csv, .parquet or .jsonl")
     p.add_argument("--min-per-class", type=int, help="drop categories with fewer papers (data.min_per_class: 5)")
@@ -104,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="section.key=value", help="override a config value")
     p.set_defaults(func=cmd_prepare)
 
+
+def add_study_commands(sub) -> None:
     for name, func, help_text in (("train", cmd_train, "one Ray Train run with the config's hyperparameters"),
                                   ("tune", cmd_tune, "a Ray Tune study (OptunaSearch + ASHA), then the evaluation")):
         p = sub.add_parser(name, formatter_class=SHOW_DEFAULTS, help=help_text)
@@ -115,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", action="store_true", help="continue an interrupted study")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("plan", formatter_class=SHOW_DEFAULTS, help="what a study would do and cost (data, concurrency, epochs, disk, time), without training")
+
+def add_plan(sub) -> None:
+    p = sub.add_parser("plan", formatter_class=SHOW_DEFAULTS,
+                       help="what a study would do and cost (data, concurrency, epochs, disk, time), without training")
     p.add_argument("config", help="study config, e.g. tune/scibert.yaml")
     p.add_argument("--data", help="papers file (overrides data.path)")
     p.add_argument("--set", action="append", metavar="section.key=value", help="override a config value")
@@ -127,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "derived from FLOPs for GPU workers)")
     p.set_defaults(func=cmd_plan)
 
+
+def add_model_commands(sub) -> None:
     p = sub.add_parser("evaluate", formatter_class=SHOW_DEFAULTS, help="re-run the evaluation and comparison of a finished study")
     p.add_argument("results_dir", help="a finished study's results directory, e.g. results/cpu")
     p.add_argument("--model", action="append", metavar="NAME=PATH", help="an extra saved model to compare")
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, help="categories per paper")
     p.set_defaults(func=cmd_predict)
 
+
+def add_serve(sub) -> None:
     p = sub.add_parser("serve", formatter_class=SHOW_DEFAULTS, help="serve a saved model over HTTP with Ray Serve (POST /predict)")
     p.add_argument("--model", required=True, help="a saved model, baseline or ensemble directory (the path must exist on every node)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local one)")
@@ -156,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-papers", type=int, default=64, help="papers per request at most (more: HTTP 413)")
     p.add_argument("--max-chars", type=int, default=20000, help="characters of title + abstract per paper at most (more: HTTP 413)")
     p.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import version
+
+    parser = argparse.ArgumentParser(prog="arxivcls", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"arxivcls {version('arxivcls')}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_prepare, add_plan, add_study_commands, add_model_commands, add_serve):
+        add(sub)
     return parser
 
 

@@ -107,6 +107,8 @@ def time_steps_at_512(model_dir: str, batch_size: int, steps: int = 2) -> dict:
 
 
 def table(found: dict, at_512: dict, commit: str) -> str:
+    from arxivcls.models import cpu_has_native_bf16
+
     study, reports = found["study"], found["reports"]
     peak_rss = max(r["peak_rss_gb"] for r in reports)
     step_seconds = [r["train_seconds_per_step"] for r in reports]
@@ -128,7 +130,9 @@ def table(found: dict, at_512: dict, commit: str) -> str:
     lines = [
         "# SciBERT rehearsal: tune/scibert.yaml on a CPU, no hub",
         "",
-        f"`python -m benchmarks.scibert_rehearsal` on commit {commit}, {os.cpu_count()} CPU cores, no GPU. A random model with "
+        f"`python -m benchmarks.scibert_rehearsal` (or its slow test with `ARXIVCLS_REHEARSAL_TABLE` set) on commit {commit}, "
+        f"{os.cpu_count()} CPU cores {'with native bf16' if cpu_has_native_bf16() else 'without native bf16 (fp32)'}, no GPU. "
+        "A random model with "
         "SciBERT's architecture and vocabulary size (BERT-base: 12 layers, 768 hidden, 12 heads, 3072 intermediate, "
         "512 positions, 31,090 tokens; 110M parameters), saved as the hub serves SciBERT, runs `tune/scibert.yaml` "
         "with only the amount of work shrunk and CPU workers:",

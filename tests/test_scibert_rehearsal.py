@@ -4,13 +4,16 @@ import pytest
 import re
 from pathlib import Path
 
-from benchmarks.scibert_rehearsal import plan_full_study, rehearse
+import os
+import subprocess
+
+from benchmarks.scibert_rehearsal import plan_full_study, rehearse, table, time_steps_at_512
 from conftest import SHARED_DATA
 
 pytestmark = pytest.mark.slow
 
 
-def test_scibert_shaped_study_trains_tunes_evaluates_and_predicts(tmp_path):
+def test_scibert_shaped_study_trains_tunes_evaluates_and_predicts(tmp_path, monkeypatch):
     if not SHARED_DATA.is_file():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     found = rehearse(tmp_path, str(SHARED_DATA))
@@ -30,3 +33,13 @@ def test_scibert_shaped_study_trains_tunes_evaluates_and_predicts(tmp_path):
     planned = plan_full_study(found["model_dir"], str(SHARED_DATA), tmp_path).strip().splitlines()
     quoted = re.search(r"<!-- PLAN OUTPUT -->\n```\n(.*?)```", Path("cluster/README.md").read_text(), re.S).group(1)
     assert planned[1:] == quoted.strip().splitlines()[1:]  # line 1 names the model's local path
+
+
+    # ARXIVCLS_REHEARSAL_TABLE=results/benchmarks/scibert_rehearsal.md writes the benchmark's table from this run
+    if os.environ.get("ARXIVCLS_REHEARSAL_TABLE"):
+        from arxivcls.models import resolve_model
+
+        monkeypatch.setenv("ARXIVCLS_MODEL_CACHE", str(tmp_path / "converted"))
+        at_512 = time_steps_at_512(resolve_model(str(found["model_dir"])), batch_size=4)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        Path(os.environ["ARXIVCLS_REHEARSAL_TABLE"]).write_text(table(found, at_512, commit))

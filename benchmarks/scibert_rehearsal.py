@@ -122,8 +122,7 @@ def table(found: dict, at_512: dict, commit: str) -> str:
         ("peak RSS of a Train worker", f"{peak_rss:.2f} GB"),
         ("training step in the study (batch 2-4, real lengths <= 512)", f"{min(step_seconds):.1f}-{max(step_seconds):.1f} s"),
         (f"training step at 512 tokens, batch {at_512['batch_size']}, in one process",
-         f"{at_512['seconds_per_step']:.1f} s ({at_512['seconds_per_step'] / at_512['batch_size']:.1f} s per paper; "
-         f"peak RSS {at_512['peak_rss_gb']:.2f} GB)"),
+         f"{at_512['seconds_per_step']:.1f} s ({at_512['seconds_per_step'] / at_512['batch_size']:.1f} s per paper)"),
         ("the whole `arxivcls tune` (2 trials + evaluation)", f"{found['study_seconds'] / 60:.1f} min; trials: "
                                                             + ", ".join(f"{k} {v}" for k, v in study["trials_by_status"].items())),
     ]

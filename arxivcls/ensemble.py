@@ -70,7 +70,7 @@ def load_predictor(model_dir: str, max_length: int | None = None, precision: str
     except (ValueError, OSError) as e:
         raise UserError(f"--model {model_dir}: config.json is not a usable model config ({str(e).splitlines()[0][:160]})")
     id2label = {int(i): c for i, c in config.id2label.items()}
-    length = max_length or trained_max_length(directory) or min(512, getattr(config, "max_position_embeddings", 512))
+    length = inference_max_length(directory, config, max_length)
     return (lambda texts: predict_in_process(str(directory), texts, length, precision=precision)), id2label
 
 
@@ -79,3 +79,8 @@ def trained_max_length(directory: Path) -> int | None:
     config = directory / "tokenizer_config.json"
     length = json.loads(config.read_text()).get("model_max_length") if config.is_file() else None
     return int(length) if isinstance(length, (int, float)) and 0 < length <= 8192 else None
+
+
+def inference_max_length(directory: Path, config, max_length: int | None = None) -> int:
+    """Where predict truncates: the given length, else the one the model was trained at, else its positions (<= 512)."""
+    return max_length or trained_max_length(directory) or min(512, getattr(config, "max_position_embeddings", 512))

@@ -62,7 +62,11 @@ def length_sorted(texts: list[str]) -> np.ndarray:
 
 def predict_in_process(model_dir: str, texts: list[str], max_length: int = 512, batch_size: int = 32,
                        precision: str = "auto") -> np.ndarray:
-    predictor = Predictor(model_dir, max_length, precision=precision)
+    return predict_sorted(Predictor(model_dir, max_length, precision=precision), texts, batch_size)
+
+
+def predict_sorted(predictor: "Predictor", texts: list[str], batch_size: int = 32) -> np.ndarray:
+    """Probabilities for `texts` in their order, inferred in length-sorted batches."""
     order = length_sorted(texts)
     probs = None
     for start in range(0, len(texts), batch_size):

@@ -137,20 +137,16 @@ def load_model(model_dir: str, num_threads: int = 0):
 def _load_transformer(directory: Path, max_length: int | None, precision: str, num_threads: int):
     from transformers import AutoConfig
 
-    from arxivcls.ensemble import load_predictor, trained_max_length
-    from arxivcls.evaluate import Predictor, length_sorted
+    from arxivcls.ensemble import inference_max_length, load_predictor
+    from arxivcls.evaluate import Predictor, predict_sorted
 
     _, id2label = load_predictor(str(directory), max_length, precision)  # checks the config; loads no weights
     config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
-    length = max_length or trained_max_length(directory) or min(512, getattr(config, "max_position_embeddings", 512))
+    length = inference_max_length(directory, config, max_length)
     predictor = Predictor(str(directory), length, num_threads=num_threads, precision=precision)
 
     def predict(texts: list[str]) -> np.ndarray:  # predict_in_process with the model kept
-        order, probs = length_sorted(texts), np.zeros((len(texts), len(id2label)), dtype=np.float32)
-        for start in range(0, len(texts), 32):
-            rows = order[start:start + 32]
-            probs[rows] = predictor.predict([texts[i] for i in rows])
-        return probs
+        return predict_sorted(predictor, texts)
 
     dtype = predictor.amp_dtype
     return predict, id2label, {"kind": "transformer", "max_length": length,

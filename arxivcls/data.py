@@ -160,10 +160,14 @@ def load_prepared(directory) -> Prepared:
     return Prepared(str(directory), meta["key"], {int(k): v for k, v in meta["id2label"].items()}, meta["train_counts"], meta)
 
 
+def check_data_file(path: str) -> None:
+    if not Path(path).is_file():
+        raise UserError(f"data file not found: {Path(path).expanduser().resolve()} (data.path: give another file with --data PATH)")
+
+
 def prepare(cfg: DataConfig, log=print) -> Prepared:
     """Prepare (or load from cache) the split for this file and these options."""
-    if not Path(cfg.path).is_file():
-        raise UserError(f"data file not found: {cfg.path}")
+    check_data_file(cfg.path)
     key = cache_key(cfg)
     directory = Path(cfg.cache_dir).expanduser() / "prepared" / key
     if (directory / "meta.json").is_file():

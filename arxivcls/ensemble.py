@@ -45,7 +45,8 @@ def _relative(path, start: Path) -> str:
 
 
 def load_predictor(model_dir: str, max_length: int | None = None, precision: str = "auto"):
-    """(texts -> probabilities, id2label) for a transformer, a saved baseline, or an ensemble directory."""
+    """(texts -> probabilities, id2label) for a transformer, a saved baseline, or an ensemble
+    directory; the model is loaded here, once."""
     from arxivcls.baseline import load_baseline
 
     directory = Path(model_dir)
@@ -59,19 +60,24 @@ def load_predictor(model_dir: str, max_length: int | None = None, precision: str
     if (directory / "vectorizer.json").is_file():
         baseline, names = load_baseline(directory)
         return baseline.predict_proba, dict(enumerate(names))
-    if not (directory / "config.json").is_file():
-        raise UserError(f"--model {model_dir}: not a saved model directory (no config.json, vectorizer.json or ensemble.json)")
+    from arxivcls.evaluate import Predictor, predict_sorted
+
+    config, id2label = read_model_config(directory)
+    predictor = Predictor(str(directory), inference_max_length(directory, config, max_length), precision=precision)
+    return (lambda texts: predict_sorted(predictor, texts)), id2label
+
+
+def read_model_config(directory: Path):
+    """(config, id2label) of a saved transformer, or a UserError naming what is wrong."""
     from transformers import AutoConfig
 
-    from arxivcls.evaluate import predict_in_process
-
+    if not (directory / "config.json").is_file():
+        raise UserError(f"--model {directory}: not a saved model directory (no config.json, vectorizer.json or ensemble.json)")
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     except (ValueError, OSError) as e:
-        raise UserError(f"--model {model_dir}: config.json is not a usable model config ({str(e).splitlines()[0][:160]})")
-    id2label = {int(i): c for i, c in config.id2label.items()}
-    length = inference_max_length(directory, config, max_length)
-    return (lambda texts: predict_in_process(str(directory), texts, length, precision=precision)), id2label
+        raise UserError(f"--model {directory}: config.json is not a usable model config ({str(e).splitlines()[0][:160]})")
+    return config, {int(i): c for i, c in config.id2label.items()}
 
 
 def trained_max_length(directory: Path) -> int | None:

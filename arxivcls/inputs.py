@@ -1,7 +1,6 @@
 """A trial's inputs, and preparing them once per run or study on the driver."""
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from arxivcls.config import Config, TrainConfig
@@ -36,12 +35,12 @@ class PreparedInputs:
 def preflight(config: Config) -> str:
     """Fail on a bad model name or data path before starting Ray (seconds, not a minute).
     Returns the model's local directory."""
-    from arxivcls.errors import UserError
     from arxivcls.models import resolve_model
 
+    from arxivcls.data import check_data_file
+
     model_dir = resolve_model(config.model.name)
-    if not Path(config.data.path).is_file():
-        raise UserError(f"data file not found: {config.data.path}")
+    check_data_file(config.data.path)
     return model_dir
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from arxivcls.classifier import paper_text
 from arxivcls.errors import UserError
 from arxivcls.files import atomic_path
 
@@ -21,10 +22,9 @@ def read_papers(path: str) -> pd.DataFrame:
     abstract = next((c for c in ("abstract", "summary") if c in df.columns), None)
     if "title" not in df.columns and abstract is None:
         raise UserError(f"{path} needs a 'title' and/or an 'abstract' (or 'summary') column; it has {sorted(df.columns)[:10]}")
-    title = df["title"].fillna("").astype(str) if "title" in df.columns else ""
-    body = df[abstract].fillna("").astype(str) if abstract else ""
-    ids = df["id"].astype(str) if "id" in df.columns else pd.Series(range(len(df))).astype(str)
-    return pd.DataFrame({"id": ids, "text": (title + " " + body).str.split().str.join(" ")})
+    column = lambda name: df[name].fillna("").astype(str) if name in df.columns else pd.Series("", index=df.index)
+    ids = df["id"].astype(str) if "id" in df.columns else pd.Series(range(len(df)), index=df.index).astype(str)
+    return pd.DataFrame({"id": ids, "text": [paper_text(t, a) for t, a in zip(column("title"), column(abstract))]})
 
 
 def predict_cli(args) -> None:
@@ -38,7 +38,7 @@ def predict_cli(args) -> None:
     if not Path(args.model).is_dir():
         raise UserError(f"--model {args.model}: no such directory")
     predict_probs, id2label = load_predictor(args.model)
-    papers = read_papers(args.input) if args.input else pd.DataFrame({"id": ["paper"], "text": [f"{args.title} {args.abstract}".strip()]})
+    papers = read_papers(args.input) if args.input else pd.DataFrame({"id": ["paper"], "text": [paper_text(args.title, args.abstract)]})
     if papers.empty:
         raise UserError(f"{args.input} holds no papers")
     ranked = top_k(predict_probs(papers.text.tolist()), id2label, args.top_k)

@@ -1,13 +1,23 @@
-"""One console line of arxivcls's own per finished trial: n/N, how it ended, best so far, elapsed, ETA."""
+"""arxivcls's own console lines for a study: each trial's start with its exact hyperparameters, and
+one line per finished trial: n/N, how it ended, best so far, elapsed, ETA."""
 import time
 
 from ray.tune import Callback
 
 
+def format_params(config: dict) -> str:
+    return " ".join(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}" for name, value in config.items())
+
+
 class StudyProgress(Callback):
     def __init__(self, num_trials: int, metric: str, mode: str):
         self.num_trials, self.metric, self.mode = num_trials, metric, mode
-        self.started, self.done, self.best = time.time(), 0, None
+        self.started, self.done, self.best, self.seen = time.time(), 0, None, set()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        how = "continues" if trial.trial_id in self.seen else "starts"
+        self.seen.add(trial.trial_id)
+        print(f"arxivcls: trial {trial.trial_id} {how}: {format_params(trial.config)}", flush=True)
 
     def _line(self, trial, how: str) -> None:
         self.done += 1

@@ -19,9 +19,19 @@ def connect_ray(address: str | None = None, log=print) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray.data.DataContext.get_current().print_on_execution_start = False
-    dashboard = info.dashboard_url
-    log(f"ray: {'joined ' + address if address else 'started a local cluster'}; dashboard http://{dashboard}"
-        if dashboard else "ray: connected (no dashboard)")
+    log(f"ray: {'joined ' + address if address else 'started a local cluster'}; " + dashboard_line(info.dashboard_url))
+
+
+def dashboard_line(dashboard_url: str | None) -> str:
+    """Where the dashboard is and how to open it: with token auth on, the browser asks for the token."""
+    if not dashboard_url:
+        return "no dashboard"
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    if not is_token_auth_enabled():
+        return f"dashboard http://{dashboard_url}"
+    return (f"dashboard http://{dashboard_url} (it asks for the cluster's token: `ray get-auth-token` prints it "
+            f"on this machine; for a remote cluster, run it on the head node)")
 
 
 def start_local_ray(num_cpus: int | None = None, env_vars: dict | None = None):
@@ -36,6 +46,8 @@ def start_local_ray(num_cpus: int | None = None, env_vars: dict | None = None):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env_vars = {**(env_vars or {}), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    env_vars = {**(env_vars or {}), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
+                # no node of a local cluster is ever preempted: Train's preemption watcher only adds a log line per run
+                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     return ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port,
                     include_dashboard=True, logging_level="WARNING", runtime_env={"env_vars": env_vars})

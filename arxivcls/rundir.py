@@ -9,12 +9,21 @@ import json
 import os
 import posixpath
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from arxivcls.files import atomic_write_text
+
+
+
+def worker_print(message: str) -> None:
+    """One console line from a Train worker. Ray Train's patched print() in workers both tees to
+    stdout and logs to a handler that prints too: the console would show the line twice."""
+    print(message, file=sys.__stdout__, flush=True)
+
 
 TRAINING_STATE = "training_state.pt"  # optimizer/scheduler/progress; not part of the exported model
 FINAL_RESULT = "final_result.json"  # a finished run's result, replayed if Tune restarts its trial
@@ -110,7 +119,7 @@ class RunDir:
         deadline = time.monotonic() + RUNG_WAIT_TIMEOUT_S
         while not self.may_continue(epoch):
             if time.monotonic() > deadline:
-                print(f"no decision at rung epoch {epoch} after {RUNG_WAIT_TIMEOUT_S:.0f}s: going on", flush=True)
+                worker_print(f"no decision at rung epoch {epoch} after {RUNG_WAIT_TIMEOUT_S:.0f}s: going on")
                 return
             time.sleep(poll_s)
 

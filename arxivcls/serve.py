@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from ray import serve
 
+from arxivcls.classifier import paper_text
 from arxivcls.errors import UserError
 
 APP = "arxivcls"
@@ -56,11 +57,6 @@ class BadRequest(Exception):
 
 
 # ---------------------------------------------------------------- requests
-
-def paper_text(title: str, abstract: str) -> str:
-    """The text `arxivcls predict` builds from a paper (predict.read_papers)."""
-    return " ".join(f"{title} {abstract}".split())
-
 
 def parse_request(body: bytes, options: ServeOptions) -> tuple[list[str], int]:
     """The papers' texts and top_k of a `POST /predict` body, or BadRequest."""
@@ -135,13 +131,10 @@ def load_model(model_dir: str, num_threads: int = 0):
 
 
 def _load_transformer(directory: Path, max_length: int | None, precision: str, num_threads: int):
-    from transformers import AutoConfig
-
-    from arxivcls.ensemble import inference_max_length, load_predictor
+    from arxivcls.ensemble import inference_max_length, read_model_config
     from arxivcls.evaluate import Predictor, predict_sorted
 
-    _, id2label = load_predictor(str(directory), max_length, precision)  # checks the config; loads no weights
-    config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    config, id2label = read_model_config(directory)
     length = inference_max_length(directory, config, max_length)
     predictor = Predictor(str(directory), length, num_threads=num_threads, precision=precision)
 

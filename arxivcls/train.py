@@ -21,7 +21,8 @@ from arxivcls.config import Config, TrainConfig
 from arxivcls.errors import UserError
 from arxivcls.features import TokenizedSplit, collate, length_grouped_batches, sorted_batches
 from arxivcls.inputs import TrialInputs, preflight, prepare_inputs
-from arxivcls.rundir import LAST_REPORT, TRAINING_STATE, RunDir, best_checkpoint, export_model, prune_checkpoints
+from arxivcls.rundir import (LAST_REPORT, TRAINING_STATE, RunDir, best_checkpoint, export_model, prune_checkpoints,
+                             worker_print)
 
 
 # ---------------------------------------------------------------- helpers used by the loop
@@ -131,7 +132,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         stop = report_epoch(state, metrics)
         if stop:
             if state.rank == 0:
-                print(f"early stop: {train.metric} did not improve for {train.patience} epochs", flush=True)
+                worker_print(f"early stop: {train.metric} did not improve for {train.patience} epochs")
             break
         if at_rung(state, epoch + 1, stop):
             run.wait_for_rung(epoch + 1)
@@ -156,7 +157,7 @@ def setup(inputs: TrialInputs) -> LoopState:
     torch.set_num_threads(max(1, train.cpus_per_worker))
     device = pick_device(train, world_size)
     amp_dtype = autocast_dtype(train.precision, device)
-    print(f"worker {rank}/{world_size} on node {ray.get_runtime_context().get_node_id()} device {device}", flush=True)
+    worker_print(f"worker {rank}/{world_size} on node {ray.get_runtime_context().get_node_id()} device {device}")
     data = ray.get(inputs.data_ref)
 
     # A run started before (Ray Train restarting its workers, Tune retrying the trial) resumes.
@@ -197,7 +198,7 @@ def restore_progress(state: LoopState, saved: dict) -> None:
     state.reported_epochs = last.get("epoch", 0)
     state.trained_epochs = last.get("trained_epochs", state.reported_epochs)
     if state.rank == 0:
-        print(f"resumed from checkpoint after epoch {state.start_epoch}")
+        worker_print(f"resumed from checkpoint after epoch {state.start_epoch}")
 
 
 def train_one_epoch(state: LoopState, epoch: int) -> dict:
@@ -276,9 +277,9 @@ def report_epoch(state: LoopState, metrics: dict) -> bool:
     report(state, metrics, write if state.rank == 0 and improved else None)
     if state.rank == 0:  # after the report: a line printed here means its checkpoint is persisted
         run.write(LAST_REPORT, json.dumps(metrics))
-        print(f"epoch {metrics['epoch']}/{train.epochs} " + " ".join(
-            f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_weighted_f1")),
-            f"({metrics['epoch_seconds']:.0f}s, {metrics['train_papers_per_s']:.1f} papers/s)", flush=True)
+        worker_print(f"epoch {metrics['epoch']}/{train.epochs} " + " ".join(
+            f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_weighted_f1"))
+            + f" ({metrics['epoch_seconds']:.0f}s, {metrics['train_papers_per_s']:.1f} papers/s)")
     return stop
 
 

@@ -51,7 +51,7 @@ PREPARE_CASES = {
 def test_prepare_refuses_bad_data(case, tmp_path):
     make, message = PREPARE_CASES[case]
     data = make(tmp_path)
-    result = cli("prepare", "--data", str(data), "--out", str(tmp_path / "cache"), cwd=tmp_path)
+    result = cli("prepare", "--data", str(data), "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
     line = assert_clean_error(result, message)
     prepared = tmp_path / "cache" / "prepared"
     assert not prepared.exists() or not any(prepared.iterdir())  # nothing half-written
@@ -68,7 +68,7 @@ def test_handled_inputs_are_reported_not_fatal(tmp_path):
     ])
     path = tmp_path / "odd.csv"
     pd.concat([frame, odd]).to_csv(path, index=False)
-    result = cli("prepare", "--data", str(path), "--min-per-class", "1", "--out", str(tmp_path / "cache"), cwd=tmp_path)
+    result = cli("prepare", "--data", str(path), "--min-per-class", "1", "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "no_text 1" in result.stdout and "conflicting_duplicate_ids 1" in result.stdout
     assert "q-bio.SC" in result.stdout  # the one-paper class is kept, in train

@@ -30,7 +30,7 @@ def test_a_single_category_file_is_refused(tmp_path, capsys):
     papers = tmp_path / "one.csv"
     pd.DataFrame({"id": [f"p{i}" for i in range(30)], "title": ["t"] * 30, "summary": ["an abstract"] * 30,
                   "category_code": ["cs.LG"] * 30}).to_csv(papers, index=False)
-    assert main(["prepare", "--data", str(papers), "--out", str(tmp_path / "cache")]) == 2
+    assert main(["prepare", "--data", str(papers), "--cache-dir", str(tmp_path / "cache")]) == 2
     assert "a classifier needs at least 2" in one_error_line(capsys)
 
 

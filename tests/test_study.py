@@ -131,6 +131,7 @@ def test_plan_matches_what_the_study_did(study):
 
 
 def test_predict_on_the_saved_models_gives_the_evaluation_s_top_1(study, ray_local, capsys):
+    from arxivcls import Classifier
     from arxivcls.cli import main
     from arxivcls.data import load_prepared
 
@@ -152,3 +153,7 @@ def test_predict_on_the_saved_models_gives_the_evaluation_s_top_1(study, ray_loc
         out = study["tmp"] / f"{name}.csv"
         assert main(["predict", "--model", str(models / name), "--input", str(papers), "--output", str(out)]) == 0
         assert pd.read_csv(out).top1.tolist() == predictions[f"{name}_pred"].tolist()
+        classifier = Classifier(models / name)  # the Python API: loaded once, many papers
+        top1 = [paper[0].category for paper in classifier.predict_many(test.text.tolist(), top_k=2)]
+        assert top1 == predictions[f"{name}_pred"].tolist()
+        assert classifier.predict(test.text.iloc[0])[0].category == top1[0]

@@ -27,8 +27,8 @@ def cmd_prepare(args) -> None:
         overrides.append(f"data.min_per_class={args.min_per_class}")
     if args.max_papers is not None:
         overrides.append(f"data.max_papers={args.max_papers}")
-    if args.out:
-        overrides.append(f"data.cache_dir={args.out}")
+    if args.cache_dir:
+        overrides.append(f"data.cache_dir={args.cache_dir}")
     config = load_config(args.config, overrides + list(args.set or []))
     print(describe(prepare(config.data)))
 
@@ -42,7 +42,7 @@ def cmd_train(args) -> None:
 def cmd_tune(args) -> None:
     from arxivcls.tuning import run_study
 
-    run_study(_config(args), resume=args.resume, address=args.address)
+    run_study(_config(args), resume=args.resume, address=args.address, warm_start=args.warm_start)
 
 
 def cmd_plan(args) -> None:
@@ -60,8 +60,20 @@ def cmd_plan(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    if bool(args.results_dir) == bool(args.data):
+        raise UserError("give either RESULTS_DIR (a finished study) or --data FILE (saved models on a labelled file)")
+    if args.data:
+        from arxivcls.evaluate_file import evaluate_file
+
+        if not args.out:
+            raise UserError("--data needs --out DIR, the directory the report and tables go to")
+        evaluate_file(args.data, args.model or [], args.out, args.baseline, args.limit, args.batch_size, args.actors, args.address)
+        return
     from arxivcls.evaluate import evaluate_study
 
+    given = [flag for flag, value in (("--out", args.out), ("--baseline", args.baseline), ("--limit", args.limit)) if value is not None]
+    if given:
+        raise UserError(f"{', '.join(given)}: only with --data, not with RESULTS_DIR")
     extra = dict(_split_named(m) for m in args.model or [])
     evaluate_study(args.results_dir, extra_models=extra, address=args.address)
 
@@ -93,7 +105,8 @@ def add_prepare(sub) -> None:
     p.add_argument("--data", required=True, help="papers file: .csv, .parquet or .jsonl")
     p.add_argument("--min-per-class", type=int, help="drop categories with fewer papers (data.min_per_class: 5)")
     p.add_argument("--max-papers", type=int, help="stratified sample size (data.max_papers: all)")
-    p.add_argument("--out", help="where prepared splits are cached (data.cache_dir: .cache/arxivcls)")
+    p.add_argument("--cache-dir", help="where the prepared splits are written; train/tune find them there by content "
+                                       "(data.cache_dir: .cache/arxivcls)")
     p.add_argument("--config", help="optional YAML config for the other data options")
     p.add_argument("--set", action="append", metavar="section.key=value", help="override a config value")
     p.set_defaults(func=cmd_prepare)
@@ -109,6 +122,8 @@ def add_study_commands(sub) -> None:
         p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local one)")
         if name == "tune":
             p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+            p.add_argument("--warm-start", metavar="STUDY", help="start the search from the finished trials of an earlier "
+                                                                 "study: its name under the same storage, or its optuna.db")
         p.set_defaults(func=func)
 
 
@@ -128,9 +143,18 @@ def add_plan(sub) -> None:
 
 
 def add_model_commands(sub) -> None:
-    p = sub.add_parser("evaluate", formatter_class=SHOW_DEFAULTS, help="re-run the evaluation and comparison of a finished study")
-    p.add_argument("results_dir", help="a finished study's results directory, e.g. results/cpu")
-    p.add_argument("--model", action="append", metavar="NAME=PATH", help="an extra saved model to compare")
+    p = sub.add_parser("evaluate", formatter_class=SHOW_DEFAULTS,
+                       help="re-run a finished study's evaluation, or compare saved models on any labelled papers file (--data)")
+    p.add_argument("results_dir", nargs="?", help="a finished study's results directory, e.g. results/cpu")
+    p.add_argument("--data", metavar="FILE", help="instead: a labelled papers file (.parquet, .csv, .jsonl; any schema prepare reads)")
+    p.add_argument("--model", action="append", metavar="NAME=PATH",
+                   help="a saved model, baseline or ensemble directory (repeatable); with RESULTS_DIR, an extra model to compare")
+    p.add_argument("--baseline", metavar="TRAIN_FILE", help="with --data: also a TF-IDF baseline fitted on this labelled file")
+    p.add_argument("--out", metavar="DIR", help="with --data: where the report and tables go (new, empty, or an earlier --data output)")
+    p.add_argument("--limit", type=int, help="with --data: score only the file's first N rows (to estimate rate and cost)")
+    p.add_argument("--batch-size", type=int, default=64, help="with --data: papers per forward pass")
+    p.add_argument("--actors", type=int, default=0, help="with --data: inference actors, each holding every model "
+                                                         "(0: one per free GPU, else one per free CPU, at most 4)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local one)")
     p.set_defaults(func=cmd_evaluate)
 

@@ -89,6 +89,10 @@ class TuneConfig:
     results_dir: str = "results"  # results/<study>/ tables, plots, report (committed; no weights)
     models_dir: str = "models"  # models/<study>/{tuned,default}: Hugging Face format, outside git
     min_free_disk_gb: float = 0.0  # extra headroom required on top of the checkpoint estimate
+    # Ray Tune loggers that record every trial's epochs: tensorboard (event files in each trial's
+    # directory under runs/<study>/) | mlflow (one MLflow run per trial, experiment = tune.study)
+    tracking: list = field(default_factory=lambda: ["tensorboard"])
+    mlflow_uri: str = ""  # "" = MLFLOW_TRACKING_URI if set, else sqlite:///runs/<study>/mlflow/mlflow.db
 
 
 @dataclass
@@ -113,6 +117,7 @@ class Config:
 
 
 SPACE_TYPES = {"loguniform", "uniform", "int", "choice"}
+TRACKERS = {"tensorboard", "mlflow"}
 LOSSES = {"ce", "weighted_ce"}
 PRECISIONS = {"auto", "fp32", "bf16", "fp16"}
 
@@ -147,6 +152,11 @@ def _coerce(value: Any, target: Any, where: str) -> Any:
             return str(value)
     elif isinstance(target, dict):
         if isinstance(value, dict):
+            return value
+    elif isinstance(target, list):
+        if isinstance(value, str):  # --set section.key=a,b
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return value
     raise UserError(f"{where}: expected {type(target).__name__}, got {value!r}")
 
@@ -267,5 +277,6 @@ def validate(config: Config) -> None:
     _check(tu.scheduler in {"asha", "sync"}, f"tune.scheduler must be 'asha' or 'sync', got '{tu.scheduler}'")
     _check(bool(tu.study) and "/" not in tu.study and tu.study not in {".", ".."}, "tune.study must be a plain name")
     _check(tu.metric.startswith("val_"), f"tune.metric must be a validation metric (val_...), got '{tu.metric}'")
+    _check(set(tu.tracking) <= TRACKERS, f"tune.tracking: each must be one of {sorted(TRACKERS)}, got {tu.tracking}")
     validate_search_space(tu.search_space, config.train)
     _check(e.batch_size >= 1 and e.num_actors >= 0 and e.top_k >= 1, "eval.batch_size and eval.top_k must be >= 1")

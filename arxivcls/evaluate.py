@@ -222,14 +222,16 @@ def identical_models(probs: dict) -> dict:
     return identical
 
 
-def compare(probs: dict, test: pd.DataFrame, prepared, top_k: int, seed: int) -> dict:
+def compare(probs: dict, test: pd.DataFrame, label_names: list[str], train_counts: dict | None, top_k: int, seed: int,
+            pairs: list[tuple[str, str]] | None = None) -> dict:
     """Point metrics (exact, cross-list and archive accuracy among them), bootstrap intervals,
-    paired differences and the per-category tables."""
+    paired differences and the per-category tables. `test.label` indexes `label_names`; without
+    `train_counts` (models from elsewhere) the tables by training-set size are left out."""
     from arxivcls import stats
     from arxivcls.metrics import (arxiv_hits, classification_metrics, confusion_pairs, largest_differences, per_category_table,
                                   size_bin_table)
 
-    labels, label_names = test.label.to_numpy(), [prepared.id2label[i] for i in range(prepared.num_labels)]
+    labels = test.label.to_numpy()
     listed = test["categories"] if "categories" in test else test.category
     predicted = {name: p.argmax(axis=1) for name, p in probs.items()}
     hits = {name: arxiv_hits([label_names[i] for i in pred], test.category.tolist(), listed.tolist())
@@ -240,29 +242,34 @@ def compare(probs: dict, test: pd.DataFrame, prepared, top_k: int, seed: int) ->
                                for name, p in probs.items()}).T
     comparison.index.name = "model"
     samples = stats.bootstrap(papers, seed=seed)
-    per_category = per_category_table(labels, predicted, label_names, prepared.train_counts)
+    per_category = per_category_table(labels, predicted, label_names, train_counts or {})
+    if train_counts is None:
+        per_category = (per_category.drop(columns=["train_count", "size_bin"])
+                        .sort_values(["support", "category"], ascending=[False, True]).reset_index(drop=True))
     for name, model_hits in hits.items():
         for kind, hit in model_hits.items():
             per_paper = pd.Series(hit, index=test.category.to_numpy()).groupby(level=0).mean()
             per_category[f"{name}_{kind}_accuracy"] = per_category.category.map(per_paper)
     focus = "tuned" if "tuned" in predicted else next(iter(predicted))
-    pairs = confusion_pairs(labels, predicted[focus], label_names)
+    pairs = [p for p in (PAIRS if pairs is None else pairs) if set(p) <= set(probs)]
+    confusions = confusion_pairs(labels, predicted[focus], label_names)
     wrong = pd.DataFrame({"true": test.category.to_numpy(), "predicted": [label_names[i] for i in predicted[focus]],
                           "cross_listed": hits[focus]["crosslist"]})
     listed_counts = wrong[wrong.true != wrong.predicted].groupby(["true", "predicted"]).cross_listed.sum()
-    pairs["cross_listed"] = [int(listed_counts.get((t, p), 0)) for t, p in zip(pairs.true, pairs.predicted)]
+    confusions["cross_listed"] = [int(listed_counts.get((t, p), 0)) for t, p in zip(confusions.true, confusions.predicted)]
     return {"comparison": comparison, "intervals": stats.intervals(samples),
-            "differences": stats.paired_differences(samples, points, [p for p in PAIRS if set(p) <= set(probs)],
-                                                    ["accuracy", "macro_f1", "crosslist_accuracy"]),
-            "categories": per_category, "size_bins": size_bin_table(labels, predicted, label_names, prepared.train_counts),
-            "confusion_pairs": pairs,
+            "differences": stats.paired_differences(samples, points, pairs, ["accuracy", "macro_f1", "crosslist_accuracy"]),
+            "categories": per_category,
+            "size_bins": (size_bin_table(labels, predicted, label_names, train_counts) if train_counts is not None
+                          else pd.DataFrame()),
+            "confusion_pairs": confusions,
             "category_differences": (largest_differences(per_category, focus, "baseline")
                                      if "baseline" in predicted and focus != "baseline" else pd.DataFrame()),
             "predicted": predicted, "focus": focus, "label_names": label_names}
 
 
 def draw_plots(out_dir: Path, tables: dict, probs: dict, labels: np.ndarray, trials: pd.DataFrame,
-               history: pd.DataFrame, tune_cfg: dict) -> tuple[dict, dict]:
+               history: pd.DataFrame, tune_cfg: dict, optuna_storage: str | None = None) -> tuple[dict, dict]:
     from arxivcls import plots
 
     models, focus, metric = list(probs), tables["focus"], tune_cfg["metric"]
@@ -283,7 +290,8 @@ def draw_plots(out_dir: Path, tables: dict, probs: dict, labels: np.ndarray, tri
     else:
         params = [c for c in trials.columns if c.startswith("p_")]
         drawn["param_importance"] = plots.plot_param_importance(
-            out_dir, trials.rename(columns={"best_metric": metric}), params, metric, tune_cfg["mode"])
+            out_dir, trials.rename(columns={"best_metric": metric}), params, metric, tune_cfg["mode"],
+            optuna_study=plots.stored_study(optuna_storage, tune_cfg["study"]))
     return drawn, absent
 
 
@@ -307,7 +315,8 @@ def write_results(results_dir: Path, study: dict, tables: dict, probs: dict, tes
             predictions[f"{name}_confidence"] = p.max(axis=1)
         predictions.to_parquet(staging / "predictions.parquet", index=False)
         (staging / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
-        drawn, absent = draw_plots(staging, tables, probs, test.label.to_numpy(), trials, history, study["config"]["tune"])
+        drawn, absent = draw_plots(staging, tables, probs, test.label.to_numpy(), trials, history, study["config"]["tune"],
+                                   optuna_storage=study.get("optuna_storage"))
         report.write_report_md(staging, {
             **tables, "study_name": study.get("study", results_dir.name), "comparison": comparison, "trials": trials,
             "metric": study["config"]["tune"]["metric"], "identical": evaluation["identical"], "test_papers": len(test),
@@ -336,7 +345,8 @@ def evaluate_study(results_dir, extra_models: dict | None = None, address: str |
     identical = identical_models(probs)
     if "default" in study["models"] and "default" not in models:
         identical = {"default": ("tuned", IDENTICAL_BECAUSE["default"]), **identical}
-    tables = compare(probs, test, prepared, config["eval"]["top_k"], config["data"]["seed"])
+    label_names = [prepared.id2label[i] for i in range(prepared.num_labels)]
+    tables = compare(probs, test, label_names, prepared.train_counts, config["eval"]["top_k"], config["data"]["seed"])
     evaluation = {"test_papers": len(test), "inference_seconds": seconds, **chosen, "models": models,
                   "identical": identical, "bootstrap": {"resamples": N_RESAMPLES, "seed": config["data"]["seed"]}}
     write_results(results_dir, study, tables, probs, test, evaluation)

@@ -125,7 +125,8 @@ def confusion_pairs(y_true, y_pred, label_names: list[str], top: int = 15) -> pd
 def largest_differences(per_category: pd.DataFrame, model_a: str, model_b: str, top: int = 10) -> pd.DataFrame:
     """Test categories where F1 of model_a and model_b differ most; f1_difference = a - b."""
     a, b = f"{model_a}_f1", f"{model_b}_f1"
-    table = per_category.loc[per_category.support > 0, ["category", "train_count", "support", a, b]].dropna()
+    columns = [c for c in ("category", "train_count", "support", a, b) if c in per_category]
+    table = per_category.loc[per_category.support > 0, columns].dropna()
     table["f1_difference"] = table[a] - table[b]
     order = table.f1_difference.abs().sort_values(ascending=False, kind="stable").index
     return table.loc[order].head(top).reset_index(drop=True)
@@ -138,3 +139,17 @@ def arxiv_hits(predicted: list[str], primary: list[str], categories: list[str]) 
 
     return {"crosslist": np.array([canonical(p) in listed(c, t) for p, t, c in zip(predicted, primary, categories)]),
             "archive": np.array([archive(p) == archive(t) for p, t in zip(predicted, primary)])}
+
+
+def coverage_tables(primary, model_labels: dict[str, list[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per model, the papers whose primary category is one of its labels (the only ones it can get
+    exactly right), and every category it never saw with its number of papers."""
+    support = pd.Series(np.asarray(primary)).value_counts()
+    rows, unseen = [], []
+    for model, labels in model_labels.items():
+        missing = support[~support.index.isin(list(labels))].sort_index().sort_values(ascending=False, kind="stable")
+        covered = int(support.sum() - missing.sum())
+        rows.append({"model": model, "labels": len(labels), "papers": int(support.sum()), "covered_papers": covered,
+                     "coverage": covered / support.sum(), "unseen_categories": len(missing), "unseen_papers": int(missing.sum())})
+        unseen += [{"model": model, "category": category, "papers": int(n)} for category, n in missing.items()]
+    return pd.DataFrame(rows).set_index("model"), pd.DataFrame(unseen, columns=["model", "category", "papers"])

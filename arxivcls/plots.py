@@ -181,8 +181,45 @@ def param_importances(trials: pd.DataFrame, param_columns: list[str], metric: st
         return None
 
 
-def plot_param_importance(out_dir, trials: pd.DataFrame, param_columns: list[str], metric: str, mode: str) -> str | None:
-    importances = param_importances(trials, param_columns, metric, mode)
+def stored_study(storage_url: str | None, study_name: str) -> optuna.Study | None:
+    """A study's Optuna study as its searcher kept it (runs/<study>/search/optuna.db), less the trials
+    a warm start copied in; None where that storage is not on this machine (results travel without runs/)."""
+    if not storage_url or (storage_url.startswith("sqlite:///") and not Path(storage_url.removeprefix("sqlite:///")).is_file()):
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        stored = optuna.load_study(study_name=study_name, storage=storage_url)
+    except KeyError:
+        return None
+    own = optuna.create_study(directions=stored.directions)
+    own.add_trials(t for t in stored.get_trials(deepcopy=False) if "warm_start_from" not in t.user_attrs)  # search.WARM_START_ATTR
+    return own
+
+
+def stored_param_importances(study: optuna.Study) -> dict[str, float] | None:
+    """fANOVA importances over the study's COMPLETE trials, on the distributions the searcher used
+    (log scales and choice sets from the search space, not guessed from the values)."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    names = sorted({name for trial in complete for name in trial.params})
+    varying = [name for name in names if len({trial.params.get(name) for trial in complete}) > 1]
+    if len(complete) < 4 or len(varying) < 2:
+        return None
+    try:
+        return optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=varying)
+    except (ValueError, RuntimeError):
+        return None
+
+
+def plot_param_importance(out_dir, trials: pd.DataFrame, param_columns: list[str], metric: str, mode: str,
+                          optuna_study: optuna.Study | None = None) -> str | None:
+    """From the study's stored Optuna study when given, else from trials.csv's columns."""
+    if optuna_study is not None:
+        importances = stored_param_importances(optuna_study)
+        counted = f"{len(optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))} completed trials"
+    else:
+        importances = param_importances(trials, param_columns, metric, mode)
+        counted = f"{len(trials)} trials"
     if not importances:
         return None
     names = list(importances)[::-1]  # most important on top
@@ -190,7 +227,7 @@ def plot_param_importance(out_dir, trials: pd.DataFrame, param_columns: list[str
     ax = fig.add_subplot()
     ax.barh(names, [importances[n] for n in names])
     ax.set_xlabel(f"fANOVA importance for {metric} (sums to 1)")
-    ax.set_title(f"Hyperparameter importance ({len(trials)} trials)")
+    ax.set_title(f"Hyperparameter importance ({counted})")
     return _save(fig, out_dir, "param_importance.png")
 
 

@@ -92,11 +92,11 @@ def difference_lines(differences: pd.DataFrame | None, identical: dict) -> list[
     return lines
 
 
-def best_model_line(comparison: pd.DataFrame, intervals: pd.DataFrame | None, metric: str) -> str | None:
+def best_model_line(comparison: pd.DataFrame, intervals: pd.DataFrame | None, metric: str, papers: str = "test") -> str | None:
     if metric not in comparison:
         return None
     best = comparison[metric].idxmax()
-    text = f"- Highest test {LABELS[metric]}: {best} ({comparison.at[best, metric]:.3f}"
+    text = f"- Highest {papers} {LABELS[metric]}: {best} ({comparison.at[best, metric]:.3f}"
     if intervals is not None and best in intervals.index:
         text += f", 95% interval [{intervals.at[best, metric + '_low']:.3f}, {intervals.at[best, metric + '_high']:.3f}]"
     return text + "); the paired differences below say which gaps are real."
@@ -130,19 +130,36 @@ def _cost_line(comparison: pd.DataFrame, study: dict, baseline_fit_seconds) -> l
     return ["- Compute: " + "; ".join(parts) + "."] if parts else []
 
 
+def coverage_lines(coverage: pd.DataFrame | None, covered: dict | None) -> list[str]:
+    """Per model, the papers it can get exactly right; and the comparison where every model can."""
+    if coverage is None or coverage.empty:
+        return []
+    lines = [f"- Coverage of {model}: {int(row.covered_papers)} of {int(row.papers)} papers ({row.coverage:.1%}) have a primary "
+             f"category it was trained on; the other {int(row.unseen_papers)}, in {int(row.unseen_categories)} categories "
+             "it never saw, count as wrong for exact accuracy (a cross-list or archive hit still counts)."
+             for model, row in coverage.iterrows()]
+    if covered:
+        accuracy = covered["comparison"].accuracy
+        lines.append(f"- On the {covered['papers']} papers whose primary category every model knows, accuracy: "
+                     + ", ".join(f"{m} {a:.3f}" for m, a in accuracy.sort_values(ascending=False).items()) + ".")
+    return lines
+
+
 def conclusions(context: dict) -> list[str]:
     comparison, intervals = context["comparison"], context.get("intervals")
     study = context.get("study") or {}
+    papers = context.get("papers_kind", "test")
     lines = []
     if context.get("test_papers"):
         n = context["test_papers"]
-        lines.append(f"- {n} test papers: one paper is {100 / n:.2f} accuracy points. Intervals: 95% bootstrap over test "
-                     "papers; differences: paired bootstrap (the same resampled papers for both models).")
+        lines.append(f"- {n} {papers} papers: one paper is {100 / n:.2f} accuracy points. Intervals: 95% bootstrap over "
+                     f"{papers} papers; differences: paired bootstrap (the same resampled papers for both models).")
     if "crosslist_accuracy" in comparison:
         lines.append("- Accuracy counts the primary category only; cross-list accuracy counts a prediction right when it "
                      "is any category the paper is listed in; archive accuracy, when it is in the primary's archive "
                      "(cs, math, astro-ph, ...; aliases such as math.MP = math-ph and legacy codes mapped by the taxonomy).")
-    lines += [best_model_line(comparison, intervals, m) for m in ("accuracy", "crosslist_accuracy", "macro_f1")]
+    lines += coverage_lines(context.get("coverage"), context.get("covered"))
+    lines += [best_model_line(comparison, intervals, m, papers) for m in ("accuracy", "crosslist_accuracy", "macro_f1")]
     lines += difference_lines(context.get("differences"), context.get("identical") or {})
     lines += _small_class_line(context.get("size_bins"))
     lines += _cost_line(comparison, study, context.get("baseline_fit_seconds"))
@@ -181,24 +198,46 @@ def _section(title: str, body: str | None) -> list[str]:
     return [f"## {title}", "", body, ""] if body else []
 
 
+def coverage_sections(context: dict, unseen_shown: int = 15) -> list[str]:
+    """Coverage per model, the categories each never saw, and the comparison on the papers all cover."""
+    coverage, unseen, covered = context.get("coverage"), context.get("unseen_categories"), context.get("covered")
+    if coverage is None or coverage.empty:
+        return []
+    md = _section("Coverage (papers whose primary category the model was trained on)", markdown_table(coverage, index_name="model"))
+    if unseen is not None and not unseen.empty:
+        shown = unseen.groupby("model", sort=False).head(unseen_shown)
+        md += _section("Categories a model never saw (papers; all of them in unseen_categories.csv)",
+                       "\n".join(f"- {model}: " + ", ".join(f"{c} {n}" for c, n in zip(rows.category, rows.papers))
+                                 + (" ..." if (unseen.model == model).sum() > len(rows) else "")
+                                 for model, rows in shown.groupby("model", sort=False)))
+    if covered:
+        body = markdown_table(comparison_with_intervals(covered["comparison"], covered["intervals"]), index_name="model")
+        lines = difference_lines(covered.get("differences"), {})
+        md += _section(f"Comparison on the {covered['papers']} papers every model covers (95% bootstrap intervals)",
+                       body + ("\n\n" + "\n".join(lines) if lines else ""))
+    return md
+
+
 def write_report_md(out_dir, context: dict) -> str:
     comparison = context["comparison"]
     md = [f"# {context.get('study_name', 'study')}: arXiv primary-category classifiers", ""]
     md += ["## Conclusions", ""] + conclusions(context) + [""]
-    md += _section("Test-set comparison (95% bootstrap intervals)",
+    md += _section(context.get("comparison_title", "Test-set comparison (95% bootstrap intervals)"),
                    markdown_table(comparison_with_intervals(comparison, context.get("intervals")), index_name="model"))
+    md += coverage_sections(context)
     trials = context.get("trials")
     if trials is not None and not trials.empty and "best_metric" in trials:
         table, best_line = trial_table(trials, context.get("metric", "metric"))
         md += _section("Trials", f"{best_line}\n\n{table}")
+    focus = "the tuned model" if context.get("focus", "tuned") == "tuned" else context["focus"]
     for key, title in (("size_bins", "Accuracy by category size (training papers per category)"),
-                       ("confusion_pairs", "Most frequent confusions of the tuned model"),
-                       ("category_differences", "Categories where the tuned model and the baseline differ most (F1)")):
+                       ("confusion_pairs", f"Most frequent confusions of {focus}"),
+                       ("category_differences", f"Categories where {focus} and the baseline differ most (F1)")):
         table = context.get(key)
         if key == "size_bins" and table is not None and "test_papers" in table:
             table = table[table.test_papers > 0]
         md += _section(title, markdown_table(table) if table is not None and not table.empty else None)
-    md += _section("Study", "\n".join(_study_lines(context.get("study") or {})))
+    md += _section(context.get("study_title", "Study"), "\n".join(_study_lines(context.get("study") or {})))
     plots = {name: file for name, file in (context.get("plots") or {}).items() if file}
     if plots or context.get("absent_plots"):
         md += ["## Plots", ""]

@@ -1,12 +1,20 @@
-"""A study's search space as Tune domains, and the Optuna (TPE) searcher that proposes trials.
+"""A study's search space as Tune domains, the Optuna (TPE) searcher that proposes trials, and the
+study's Optuna storage (a SQLite file in the study's directory) with warm starts from earlier studies.
 
 Imports optuna and Ray Tune: import it where a study is set up, not from light modules.
 """
+from pathlib import Path
+
 import optuna
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from arxivcls.config import Config, TrainConfig
+from arxivcls.errors import UserError
+
+OPTUNA_DB = ("search", "optuna.db")  # inside the study's directory: runs/<study>/search/optuna.db
+WARM_START_ATTR = "warm_start_from"  # user attribute of a trial copied from an earlier study
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def tune_search_space(space: dict) -> dict:
@@ -43,6 +51,36 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._prune_at_next_result = set()
         self.on_default_trial = on_default_trial
+
+    def _setup_study(self, mode):
+        # On --resume Tune sets up the searcher as it was pickled at the study's start, then
+        # restores its saved state. The points were enqueued in the storage when the study began:
+        # enqueuing them again would run the default configuration twice.
+        points = self._points_to_evaluate
+        if self._storage is not None and own_trials(self._storage, self._study_name):
+            self._points_to_evaluate = []
+        super()._setup_study(mode)
+        self._points_to_evaluate = points
+
+    def restore(self, checkpoint_path):
+        super().restore(checkpoint_path)
+        if self._storage is not None and self._ot_study is not None:
+            self._catch_up_with_storage()
+
+    def _catch_up_with_storage(self):
+        """Tune saves this searcher every few seconds, but the storage holds every ask and tell: trials
+        finished since the save stay finished, and trials asked since (Tune never heard of them) FAIL,
+        an enqueued point among them going back into the queue."""
+        stored = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        known = {trial.number for trial in self._ot_trials.values()}
+        for trial_id, trial in self._ot_trials.items():
+            if stored[trial.number].state.is_finished():
+                self._completed_trials.add(trial_id)
+        for number, trial in stored.items():
+            if trial.state == optuna.trial.TrialState.RUNNING and number not in known:
+                self._ot_study.tell(number, state=optuna.trial.TrialState.FAIL)
+                if "fixed_params" in trial.system_attrs:
+                    self._ot_study.enqueue_trial(trial.system_attrs["fixed_params"])
 
     def suggest(self, trial_id):
         is_default = not self._ot_trials and bool(self._points_to_evaluate)  # Optuna asks enqueued points first
@@ -87,11 +125,100 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def make_searcher(config: Config, on_default_trial=None) -> BudgetAwareOptunaSearch:
+def make_searcher(config: Config, on_default_trial=None, storage_url: str | None = None) -> BudgetAwareOptunaSearch:
+    """The study's searcher; with `storage_url` its Optuna study is `tune.study` in that storage."""
     tune_cfg = config.tune
     return BudgetAwareOptunaSearch(
         metric=tune_cfg.metric, mode=tune_cfg.mode,
         points_to_evaluate=[default_point(tune_cfg.search_space, config.train)],
         sampler=optuna.samplers.TPESampler(seed=tune_cfg.seed, n_startup_trials=min(5, tune_cfg.num_samples)),
         on_default_trial=on_default_trial,
+        study_name=tune_cfg.study if storage_url else None,
+        storage=optuna.storages.RDBStorage(storage_url) if storage_url else None,
     )
+
+
+# ---------------------------------------------------------------- the study's Optuna storage
+
+def optuna_storage_url(experiment: str) -> str | None:
+    """The SQLite URL of a study's Optuna storage; None for a study on remote storage (s3://, gs://),
+    whose Optuna study stays in memory."""
+    if "://" in experiment:
+        return None
+    return f"sqlite:///{Path(experiment, *OPTUNA_DB)}"
+
+
+def own_trials(storage, study_name: str) -> list:
+    """The trials a study ran itself (not copied in by a warm start); none when it does not exist."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return []
+    return [t for t in storage.get_all_trials(study_id, deepcopy=False) if WARM_START_ATTR not in t.user_attrs]
+
+
+def begin_optuna_study(config: Config, storage_url: str) -> optuna.Study:
+    """A new study's Optuna study, replacing one of the same name left from a study whose Tune
+    state is gone (check_study refuses to start over a study that Tune can resume)."""
+    Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(storage_url)
+    if config.tune.study in optuna.get_all_study_names(storage):
+        optuna.delete_study(study_name=config.tune.study, storage=storage)
+    study = optuna.create_study(storage=storage, study_name=config.tune.study,
+                                direction="maximize" if config.tune.mode == "max" else "minimize")
+    study.set_user_attr("metric", config.tune.metric)
+    return study
+
+
+def load_source_study(source: str, storage_root: str) -> optuna.Study:
+    """An earlier study for --warm-start: a study name under `storage_root`, its directory, its
+    optuna.db, or an Optuna storage URL holding one study."""
+    if "://" in source:
+        url = source
+    else:
+        path = Path(source)
+        if not path.exists() and "/" not in source:  # a study name
+            path = Path(storage_root, source, *OPTUNA_DB)
+        if path.is_dir():
+            path = path.joinpath(*OPTUNA_DB)
+        if not path.is_file():
+            raise UserError(f"--warm-start {source}: no Optuna storage at {path} (give a study name under "
+                            f"{storage_root}, a study directory, or an optuna.db file)")
+        url = f"sqlite:///{path.resolve()}"
+    try:
+        names = optuna.get_all_study_names(url)
+    except Exception as e:  # a file that is not an Optuna database, an unreachable server
+        raise UserError(f"--warm-start {source}: cannot read an Optuna storage at {url}: {str(e).splitlines()[0]}")
+    name = Path(source).name if Path(source).name in names else (names[0] if len(names) == 1 else None)
+    if name is None:
+        raise UserError(f"--warm-start {source}: {url} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                        f"give the one to start from by its name")
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def add_finished_trials(target: optuna.Study, source: optuna.Study, distributions: dict) -> tuple[int, int]:
+    """Copy the source's COMPLETE trials, and its PRUNED ones with their per-epoch values, into the
+    target with the parameters that the target searches; a trial with a value outside the target's
+    ranges or choices is left out. Returns (added, left out)."""
+    copies, left_out = [], 0
+    for trial in source.get_trials(deepcopy=False, states=FINISHED):
+        params = {name: value for name, value in trial.params.items() if name in distributions}
+        try:
+            copies.append(optuna.trial.create_trial(
+                state=trial.state, value=trial.value, params=params,
+                distributions={name: distributions[name] for name in params},
+                intermediate_values=trial.intermediate_values,
+                user_attrs={**trial.user_attrs, WARM_START_ATTR: source.study_name}))
+        except ValueError:
+            left_out += 1
+    target.add_trials(copies)
+    return len(copies), left_out
+
+
+def warm_start(target: optuna.Study, source: optuna.Study, space: dict, metric: str) -> tuple[int, int]:
+    """Start `target` (a new study, searching `space` for `metric`) from the finished trials of `source`."""
+    if source.directions != target.directions or source.user_attrs.get("metric", metric) != metric:
+        raise UserError(f"--warm-start {source.study_name}: that study's objective is "
+                        f"{source.user_attrs.get('metric', '?')} ({source.direction.name.lower()}), this one's "
+                        f"{metric} ({target.direction.name.lower()})")
+    return add_finished_trials(target, source, OptunaSearch.convert_search_space(tune_search_space(space)))

@@ -5,6 +5,7 @@ Data is prepared and tokenized once on the driver and shared with every trial th
 """
 import json
 import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
 # old contents back over the new.
 HALVING_STATE = ("halving", "rungs.json")  # tune.scheduler: sync's rung decisions
 DEFAULT_TRIAL = ("search", "default_trial_id")  # the trial the searcher gave the config's own values
+MLFLOW_DB = ("mlflow", "mlflow.db")  # tune.tracking: mlflow's store when no tracking URI is given
 
 
 # ---------------------------------------------------------------- resources and disk
@@ -152,10 +154,11 @@ def make_scheduler(config: Config, trial: TrialInputs, max_epochs: int, concurre
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from arxivcls.search import make_searcher
+    from arxivcls.search import make_searcher, optuna_storage_url
 
     tune_cfg = config.tune
-    searcher = make_searcher(config, on_default_trial=partial(RunDir(experiment, DEFAULT_TRIAL[0]).write, DEFAULT_TRIAL[1]))
+    searcher = make_searcher(config, on_default_trial=partial(RunDir(experiment, DEFAULT_TRIAL[0]).write, DEFAULT_TRIAL[1]),
+                             storage_url=optuna_storage_url(experiment))
     if tune_cfg.scheduler == "asha":
         return (ConcurrencyLimiter(searcher, max_concurrent=concurrency),
                 ASHAScheduler(time_attr="epoch", metric=tune_cfg.metric, mode=tune_cfg.mode, max_t=max_epochs,
@@ -185,6 +188,9 @@ def make_tuner(config: Config, trial: TrialInputs, concurrency: int, paths: dict
     # Save the study's state every 2 s (Ray's "auto" waits >= 10 s): a killed driver then loses
     # at most a couple of seconds of bookkeeping; the state is a few KB.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # Tune's new output engine prints a `tensorboard --logdir` of Ray's temp dir even at verbose=0;
+    # the legacy engine at verbose=0 prints nothing (arxivcls.progress and tracking_lines speak instead)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if resume:
         log(f"resuming study from {paths['experiment']}")
         return tune.Tuner.restore(paths["experiment"], trainable=trainable, resume_errored=True)
@@ -192,11 +198,105 @@ def make_tuner(config: Config, trial: TrialInputs, concurrency: int, paths: dict
         trainable,
         param_space=tune_search_space(config.tune.search_space),
         # the search algorithm's ConcurrencyLimiter bounds concurrency (Tune's max_concurrent_trials would repeat it)
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=config.tune.num_samples),
-        run_config=tune.RunConfig(name=config.tune.study, storage_path=paths["storage"],
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=config.tune.num_samples,
+                                    trial_dirname_creator=trial_dirname),
+        # verbose=0: StudyProgress prints each trial's start and end instead of Tune's status tables,
+        # whose resource line counts only the trial drivers' (0 CPUs)
+        run_config=tune.RunConfig(name=config.tune.study, storage_path=paths["storage"], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
-                                  callbacks=[StudyProgress(config.tune.num_samples, config.tune.metric, config.tune.mode)]),
+                                  callbacks=[StudyProgress(config.tune.num_samples, config.tune.metric, config.tune.mode),
+                                             *tracking_callbacks(config, paths["experiment"])]),
     )
+
+
+def trial_dirname(trial) -> str:
+    """runs/<study>/trial_driver_<trial id>: Tune's default name adds the parameters, rounded."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+# ---------------------------------------------------------------- tracking (tune.tracking)
+
+def mlflow_uri(config: Config, experiment: str) -> str:
+    if config.tune.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return config.tune.mlflow_uri or os.environ["MLFLOW_TRACKING_URI"]
+    if "://" in experiment:
+        raise UserError("tune.tracking has mlflow and the study is on remote storage: give tune.mlflow_uri "
+                        "(or MLFLOW_TRACKING_URI), e.g. an MLflow server or sqlite:///mlflow.db")
+    return f"sqlite:///{Path(experiment, *MLFLOW_DB)}"
+
+
+def check_tracking(config: Config, experiment: str) -> None:
+    """Fail before Ray starts on a tracker whose package is missing."""
+    import importlib.util
+
+    for tracker, package in (("tensorboard", "tensorboardX"), ("mlflow", "mlflow")):
+        if tracker in config.tune.tracking and importlib.util.find_spec(package) is None:
+            raise UserError(f"tune.tracking has {tracker} but {package} is not installed: pip install 'arxivcls[tracking]'")
+    if "mlflow" in config.tune.tracking:
+        mlflow_uri(config, experiment)
+
+
+def tracking_callbacks(config: Config, experiment: str) -> list:
+    """Ray Tune's logger callbacks for tune.tracking; both log every epoch a trial reports."""
+    callbacks = []
+    if "tensorboard" in config.tune.tracking:
+        from ray.tune.logger import TBXLoggerCallback
+
+        callbacks.append(TBXLoggerCallback())  # into each trial's directory, synced to the study's
+    if "mlflow" in config.tune.tracking:
+        uri = mlflow_uri(config, experiment)
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        callbacks.append(epoch_mlflow_logger(uri, config.tune.study))
+    return callbacks
+
+
+def epoch_mlflow_logger(tracking_uri: str, experiment_name: str):
+    """Ray's MLflowLoggerCallback (imported here: importing mlflow takes seconds), one MLflow run per
+    trial. An epoch's metrics go in one batch (one write to a SQLite store, not one per metric),
+    stepped by epoch: a trial restarted by a retry or after a rung of tune.scheduler: sync counts
+    Tune's iterations from 1 again. A trial continued by --resume goes on in its run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.utils import flatten_dict
+
+    class EpochMLflowLogger(MLflowLoggerCallback):
+        def setup(self, *args, **kwargs):
+            super().setup(*args, **kwargs)
+            self.client = MlflowClient(self.tracking_uri)
+
+        def log_trial_start(self, trial):
+            if trial not in self._trial_runs:
+                runs = self.client.search_runs([self.mlflow_util.experiment_id], max_results=1,
+                                               filter_string=f"tags.trial_name = '{trial}'")
+                if runs:
+                    self._trial_runs[trial] = runs[0].info.run_id
+            super().log_trial_start(trial)
+
+        def log_trial_result(self, iteration, trial, result):
+            step, now = result.get("epoch", iteration), int(time.time() * 1000)
+            metrics = [Metric(name, float(value), now, step) for name, value in flatten_dict(result).items()
+                       if isinstance(value, numbers.Real)]
+            self.client.log_batch(self._trial_runs[trial], metrics=metrics)
+
+    return EpochMLflowLogger(tracking_uri, experiment_name=experiment_name)
+
+
+def tracking_lines(config: Config, experiment: str) -> list[str]:
+    """How to look at the study while and after it runs."""
+    from arxivcls.search import optuna_storage_url
+
+    lines = []
+    if "tensorboard" in config.tune.tracking:
+        lines.append(f"TensorBoard: tensorboard --logdir {experiment}")
+    if "mlflow" in config.tune.tracking:
+        uri = mlflow_uri(config, experiment)
+        lines.append(f"MLflow: mlflow ui --backend-store-uri {uri}" if uri.startswith(("sqlite:", "file:"))
+                     else f"MLflow: experiment '{config.tune.study}' at {uri}")
+    if optuna_storage_url(experiment):
+        lines.append(f"Optuna: optuna-dashboard {optuna_storage_url(experiment)}")
+    return lines
 
 
 # ---------------------------------------------------------------- the study
@@ -230,20 +330,27 @@ def check_study(config: Config, paths: dict, resume: bool) -> dict:
     if not resume and exists:
         raise UserError(f"study '{config.tune.study}' already exists at {paths['experiment']}: "
                         f"add --resume to continue it, or --set tune.study=NEW_NAME")
+    check_tracking(config, paths["experiment"])
     _check_writable(paths["results"].parent)
     model_dir = preflight(config)
     checkpoints = config.tune.num_samples * (config.train.checkpoint_keep + 1) * checkpoint_bytes(model_dir)
     return check_disk(paths["storage"], checkpoints, config.tune.min_free_disk_gb)
 
 
-def run_study(config: Config, resume: bool = False, address: str | None = None, evaluate: bool = True, log=print) -> Path:
+def run_study(config: Config, resume: bool = False, address: str | None = None, evaluate: bool = True, log=print,
+              warm_start: str | None = None) -> Path:
+    """Run (or with `resume`, continue) the study; `warm_start`: an earlier study (name or Optuna
+    storage) whose finished trials the new study's searcher starts from."""
     import ray
 
     from arxivcls.inputs import prepare_inputs
     from arxivcls.raycluster import connect_ray
 
     paths = study_paths(config)
+    if resume and warm_start:
+        raise UserError("--warm-start starts a new study; a resumed study goes on from its own trials")
     disk = check_study(config, paths, resume)
+    source = load_warm_start(warm_start, config, paths) if warm_start else None
     started = time.time()
     connect_ray(address, log=log)
     inputs = prepare_inputs(config, log=log)
@@ -254,6 +361,10 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
     log(f"study '{config.tune.study}': {config.tune.num_samples} trials, {concurrency} at a time "
         f"(each {trial_resources(trial.train)}; free {({k: available[k] for k in ('CPU', 'GPU') if k in available})}), "
         f"objective {config.tune.metric} ({config.tune.mode})")
+    if not resume:
+        begin_search(config, paths["experiment"], source, log=log)
+    for line in tracking_lines(config, paths["experiment"]):
+        log(line)
     grid = make_tuner(config, trial, concurrency, paths, resume, log=log).fit()
 
     prune_study_checkpoints(grid, paths["experiment"], config.train.checkpoint_keep, config.tune.metric, config.tune.mode)
@@ -279,14 +390,44 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
     failed = trials[trials.status == "error"]
     if not failed.empty:  # the results are written; the exit code still says that trials failed
         raise UserError(f"{len(failed)} of {len(trials)} trials failed ({', '.join(failed.trial_id)}); "
-                        f"their errors and logs are under {paths['experiment']}/trial_driver_<id>_*/")
+                        f"their errors and logs are under {paths['experiment']}/trial_driver_<id>/")
     return paths["results"]
+
+
+def load_warm_start(source: str, config: Config, paths: dict):
+    """The earlier study that --warm-start names, checked before Ray starts."""
+    from arxivcls.search import load_source_study, optuna_storage_url
+
+    if optuna_storage_url(paths["experiment"]) is None:
+        raise UserError("--warm-start needs the study's Optuna storage on local disk; this study is on "
+                        f"{paths['storage']}")
+    study = load_source_study(source, paths["storage"])
+    if study.study_name == config.tune.study:
+        raise UserError(f"--warm-start {source}: that study is named '{config.tune.study}' like this one; "
+                        f"give this one another name (--set tune.study=NEW_NAME)")
+    return study
+
+
+def begin_search(config: Config, experiment: str, warm_start_from, log=print) -> None:
+    """A new study's Optuna study in its storage, started from an earlier study's finished trials."""
+    from arxivcls.search import begin_optuna_study, optuna_storage_url, warm_start
+
+    url = optuna_storage_url(experiment)
+    if url is None:
+        return
+    study = begin_optuna_study(config, url)
+    if warm_start_from is not None:
+        added, left_out = warm_start(study, warm_start_from, config.tune.search_space, config.tune.metric)
+        log(f"warm start: {added} finished trials of study '{warm_start_from.study_name}' added to the search"
+            + (f" ({left_out} left out: a parameter outside this study's search space)" if left_out else ""))
 
 
 def study_record(config: Config, trials: pd.DataFrame, best, default, *, models: dict, inputs, train: TrainConfig,
                  paths: dict, available: dict, concurrency: int, started: float, disk: dict) -> dict:
     """study.json: what the study ran on, what it spent, and what it found."""
     import ray
+
+    from arxivcls.search import optuna_storage_url
 
     metric = config.tune.metric
     params = {k[len(SEARCHED_TRIAL_PREFIX):]: _plain(best[k]) for k in trials.columns if k.startswith(SEARCHED_TRIAL_PREFIX)}
@@ -303,7 +444,8 @@ def study_record(config: Config, trials: pd.DataFrame, best, default, *, models:
         "models": models, "prepared_data": inputs.prepared.dir,
         "data": {"split_sizes": inputs.prepared.meta["split_sizes"], "categories": inputs.prepared.num_labels},
         "tokenization": inputs.tokenization,
-        "experiment_path": paths["experiment"], "disk": {**disk, "study_bytes": disk_usage_bytes(paths["experiment"])},
+        "experiment_path": paths["experiment"], "optuna_storage": optuna_storage_url(paths["experiment"]),
+        "disk": {**disk, "study_bytes": disk_usage_bytes(paths["experiment"])},
     }
 
 

@@ -92,8 +92,8 @@ def test_tune_driver_killed_then_resumed_does_not_rerun_finished_trials(tmp_path
     seen = []
     process = start_cli("tune", str(config), cwd=tmp_path)
     try:
-        finished = read_until(process, r"Trial (\S+) completed after", 600, seen).group(1)
-        read_until(process, r"Trial (\S+) started", 300, seen)  # the next trial is under way: kill mid-study
+        finished_id = read_until(process, r"arxivcls: trial \d+/\d+ (\S+) finished", 600, seen).group(1)
+        read_until(process, r"arxivcls: trial \S+ starts", 300, seen)  # the next trial is under way: kill mid-study
     finally:
         kill_session(process)
     assert not (tmp_path / "results" / "killed" / "trials.csv").exists()
@@ -104,9 +104,8 @@ def test_tune_driver_killed_then_resumed_does_not_rerun_finished_trials(tmp_path
     assert resumed.returncode == 0, output[-3000:]
     # A finished trial is not trained again: either Tune knew it had finished, or (killed within
     # Tune's 2 s bookkeeping window) the trial replays its saved result without training.
-    finished_id = finished.rsplit("_", 1)[-1]  # "trial_driver_<id>" in Tune's progress lines
     replayed = f"trial {finished_id}: its Train run had already finished; replaying" in output
-    assert f"Trial {finished} started" not in output or replayed
+    assert f"arxivcls: trial {finished_id} starts" not in output or replayed
     trials = pd.read_csv(tmp_path / "results" / "killed" / "trials.csv")
     assert len(trials) == 4 and trials.best_metric.notna().all()
     history = pd.read_csv(tmp_path / "results" / "killed" / "history.csv")
@@ -118,7 +117,7 @@ def test_tune_driver_killed_then_resumed_does_not_rerun_finished_trials(tmp_path
     import reliability
 
     reliability.record("fault", "`arxivcls tune` driver SIGKILLed mid-study, then `--resume`",
-                       f"finished trial {finished} not re-trained{' (its saved result replayed)' if replayed else ''}; "
+                       f"finished trial {finished_id} not re-trained{' (its saved result replayed)' if replayed else ''}; "
                        "the study completed with all 4 trials in trials.csv")
 
 

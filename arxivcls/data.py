@@ -22,7 +22,12 @@ SPLITS = ("train", "val", "test")
 MAX_TEXT_CHARS = 50_000  # far beyond 512 tokens; keeps a pathological 1 MB abstract from stalling tokenization
 
 
-def read_table(path: str) -> pd.DataFrame:
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv", ".jsonl": "jsonl", ".json": "jsonl",
+           ".jsonl.gz": "jsonl"}
+
+
+def table_format(path: str) -> str:
+    """'parquet', 'csv' or 'jsonl' for an existing, non-empty papers file; else a UserError."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"data file not found: {path}")
@@ -31,21 +36,26 @@ def read_table(path: str) -> pd.DataFrame:
     if p.stat().st_size == 0:
         raise UserError(f"data file is empty: {path}")
     suffix = "".join(p.suffixes[-2:]).lower() if p.suffix == ".gz" else p.suffix.lower()
+    if suffix not in FORMATS:
+        raise UserError(f"unsupported data format '{p.suffix}' for {path}: use .csv, .parquet or .jsonl")
+    return FORMATS[suffix]
+
+
+def read_table(path: str) -> pd.DataFrame:
+    table = table_format(path)
     try:
-        if suffix in {".parquet", ".pq"}:
-            return pd.read_parquet(p)
-        if suffix in {".csv", ".csv.gz"}:
-            return pd.read_csv(p, dtype=str, keep_default_na=False, encoding="utf-8")
-        if suffix in {".jsonl", ".json", ".jsonl.gz"}:
-            return pd.read_json(p, lines=True, dtype=False)
+        if table == "parquet":
+            return pd.read_parquet(path)
+        if table == "csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        return pd.read_json(path, lines=True, dtype=False)
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not valid UTF-8 text (byte {e.start}): re-encode it as UTF-8")
     except (ValueError, OSError, pd.errors.ParserError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read {path} as {suffix[1:]}: {first_line}")
+        raise UserError(f"cannot read {path} as {table}: {first_line}")
     except Exception as e:  # pyarrow raises its own error types for corrupt files
         raise UserError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    raise UserError(f"unsupported data format '{p.suffix}' for {path}: use .csv, .parquet or .jsonl")
 
 
 def detect_schema(columns) -> str:
@@ -222,7 +232,7 @@ def describe(prepared: Prepared) -> str:
     lines = [
         f"schema: {meta['schema']}   cache: {prepared.dir}",
         f"categories kept: {prepared.num_labels}   split sizes: " + ", ".join(f"{k} {v}" for k, v in meta["split_sizes"].items()),
-        f"rows dropped: " + ", ".join(f"{k} {v}" for k, v in meta["dropped_rows"].items()),
+        "rows dropped: " + ", ".join(f"{k} {v}" for k, v in meta["dropped_rows"].items()),
         f"categories dropped (< {meta['options']['min_per_class']} papers): {len(meta['dropped_categories'])}"
         + (f" ({', '.join(f'{c}:{n}' for c, n in list(meta['dropped_categories'].items())[:20])}"
            + (" ..." if len(meta["dropped_categories"]) > 20 else "") + ")" if meta["dropped_categories"] else ""),

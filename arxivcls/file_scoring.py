@@ -21,8 +21,6 @@ CHUNK_ROWS = 4096  # rows per read chunk: a few MB of text
 WINDOW_BATCHES = 16  # an actor scores this many batches per call, sorted by length within the window
 # Ray Data hands an actor whole blocks: the read task yields one block per window, so that a small
 # file still gives every actor work.
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv", ".jsonl": "jsonl", ".json": "jsonl",
-           ".jsonl.gz": "jsonl"}
 
 
 # ---------------------------------------------------------------- the file
@@ -37,25 +35,11 @@ class PapersFile:
     limit: int | None = None  # score only the first `limit` rows
 
 
-def file_format(path: str) -> str:
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"data file not found: {path}")
-    if not p.is_file():
-        raise UserError(f"data path is not a file: {path}")
-    if p.stat().st_size == 0:
-        raise UserError(f"data file is empty: {path}")
-    suffix = "".join(p.suffixes[-2:]).lower() if p.suffix == ".gz" else p.suffix.lower()
-    if suffix not in FORMATS:
-        raise UserError(f"unsupported data format '{p.suffix}' for {path}: use .csv, .parquet or .jsonl")
-    return FORMATS[suffix]
-
-
 def open_papers_file(path: str, limit: int | None = None) -> PapersFile:
     """Check the file and find its schema from its first rows, before any Ray work starts."""
-    from arxivcls.data import SCHEMAS, detect_schema
+    from arxivcls.data import SCHEMAS, detect_schema, table_format
 
-    fmt = file_format(path)
+    fmt = table_format(path)
     first = next(read_chunks(path, fmt, None, rows=100), None)
     if first is None or first.empty:
         raise UserError(f"{path} holds no papers")

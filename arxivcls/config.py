@@ -58,7 +58,7 @@ class TrainConfig:
     checkpoint_keep: int = 1  # best-N checkpoints kept per run
     max_failures: int = 2  # Ray Train worker-group restarts from the last checkpoint
     storage_path: str = "runs"  # local dir, shared filesystem, or s3:// / gs://
-    output_dir: str = "models/default"  # `arxivcls train` copies its best checkpoint here
+    output_dir: str = ""  # `arxivcls train` copies its best checkpoint here ("": <tune.models_dir>/<tune.study>/train)
 
 
 @dataclass

@@ -364,6 +364,6 @@ def run_training(config: Config, address: str | None = None, log=print) -> dict:
     if checkpoint is None:
         why = str(result.error).splitlines()[0] if result.error else "no epoch was reported"
         raise UserError(f"training finished without a checkpoint: {why}")
-    output = export_model(checkpoint.path, train.output_dir)
+    output = export_model(checkpoint.path, train.output_dir or str(Path(config.tune.models_dir) / config.tune.study / "train"))
     log(f"best {train.metric}={value:.4f}; model saved to {output} ({time.time() - started:.0f}s)")
     return {"model_dir": output, "metric": value, "metrics": RunDir(train.storage_path, run_name).last_report()}

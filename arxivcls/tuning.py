@@ -463,10 +463,13 @@ def _plain(value):
 
 
 def _check_writable(directory: Path) -> None:
-    """A real write probe (os.access says yes to root even on a read-only mount)."""
+    """A real write probe (os.access says yes to root even on a read-only mount) in the directory,
+    or in its nearest existing parent: a study that fails its checks leaves no empty directory."""
+    probe = directory.resolve()
+    while not probe.exists():
+        probe = probe.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".write-probe-"):
             pass
     except OSError as e:
         raise UserError(f"results directory {directory} is not writable: {e.strerror or e}")

@@ -110,7 +110,7 @@ def test_tune_refuses_bad_config(case, tmp_path, papers_file):
     config = write_config(tmp_path, papers_file, **sections)
     result = cli("tune", str(config), *extra, cwd=tmp_path)
     line = assert_clean_error(result, message)
-    assert not (tmp_path / "results" / "study").exists() and not (tmp_path / "runs").exists()
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()  # nothing half-made
     reliability.record("bad input", f"tune: {case}", f"exit 2 before Ray starts, `{line[:110]}`")
 
 

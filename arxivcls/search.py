@@ -15,6 +15,7 @@ from arxivcls.errors import UserError
 OPTUNA_DB = ("search", "optuna.db")  # inside the study's directory: runs/<study>/search/optuna.db
 WARM_START_ATTR = "warm_start_from"  # user attribute of a trial copied from an earlier study
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the study's own lines say where its Optuna study is
 
 
 def tune_search_space(space: dict) -> dict:

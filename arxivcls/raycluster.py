@@ -17,6 +17,7 @@ def connect_ray(address: str | None = None, log=print) -> None:
     import ray.data
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled": as set below
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray.data.DataContext.get_current().print_on_execution_start = False
     log(f"ray: {'joined ' + address if address else 'started a local cluster'}; " + dashboard_line(info.dashboard_url))

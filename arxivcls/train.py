@@ -146,9 +146,11 @@ def setup(inputs: TrialInputs) -> LoopState:
     import ray.train
     import ray.train.torch
     from transformers import get_linear_schedule_with_warmup
+    from transformers.utils import logging as transformers_logging
 
     from arxivcls.models import autocast_dtype, load_classifier, load_tokenizer
 
+    transformers_logging.disable_progress_bar()  # a bar per checkpoint save, twice on the console
     train = inputs.train
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()

@@ -75,29 +75,41 @@ def _clean(series: pd.Series) -> pd.Series:
 def normalize(raw: pd.DataFrame) -> tuple[pd.DataFrame, str, dict]:
     """Return (papers with columns id, text, category), schema name, and what was dropped."""
     schema = detect_schema(raw.columns)
+    papers = normalize_rows(raw, schema)
+    keep, dropped = usable_rows(papers.id, papers.category, (papers.text != "").to_numpy())
+    if not keep.any():
+        raise UserError("no usable papers: every row lacks text or a category")
+    return papers[keep].reset_index(drop=True), schema, dropped
+
+
+def normalize_rows(raw: pd.DataFrame, schema: str) -> pd.DataFrame:
+    """id, text, category and listed categories of every row, none dropped."""
     _, abstract_col, category_col = SCHEMAS[schema]
     category = raw[category_col].fillna("").astype(str).str.strip()
     if schema == "arxiv-oai":
         category = category.str.split().str[0].fillna("")
-    papers = pd.DataFrame({
+    return pd.DataFrame({
         "id": raw["id"].fillna("").astype(str).str.strip().str.replace(r"v\d+$", "", regex=True),
         "text": (_clean(raw["title"]) + " " + _clean(raw[abstract_col])).str.strip(),
         "category": category,
         # every listed category, primary first (the digest and OAI schemas have them)
         "categories": raw["categories"].fillna("").astype(str) if "categories" in raw.columns else category,
     })
-    dropped = {"no_text": int((papers.text == "").sum()), "no_category": int((papers.category == "").sum())}
-    papers = papers[(papers.text != "") & (papers.category != "")]
-    conflicting = papers.groupby("id").category.nunique()
-    conflicting_ids = set(conflicting[conflicting > 1].index)
-    dropped["conflicting_duplicate_ids"] = len(conflicting_ids)
-    papers = papers[~papers.id.isin(conflicting_ids)]
-    before = len(papers)
-    papers = papers.drop_duplicates("id", keep="first")
-    dropped["duplicate_ids"] = before - len(papers)
-    if papers.empty:
-        raise UserError("no usable papers: every row lacks text or a category")
-    return papers.reset_index(drop=True), schema, dropped
+
+
+def usable_rows(ids: pd.Series, categories: pd.Series, has_text: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Which rows a study uses (text and a category; an id with two categories dropped; other
+    repeated ids kept once, the first), and how many were dropped for each reason."""
+    keep = has_text & (categories != "").to_numpy()
+    dropped = {"no_text": int((~has_text).sum()), "no_category": int((categories == "").sum())}
+    per_id = categories[keep].groupby(ids[keep]).nunique()
+    conflicting = per_id.index[per_id > 1]
+    dropped["conflicting_duplicate_ids"] = len(conflicting)
+    keep &= ~ids.isin(conflicting).to_numpy()
+    repeated = np.zeros(len(ids), dtype=bool)
+    repeated[keep] = ids[keep].duplicated(keep="first").to_numpy()
+    dropped["duplicate_ids"] = int(repeated.sum())
+    return keep & ~repeated, dropped
 
 
 def stratified_sample(papers: pd.DataFrame, max_papers: int, seed: int) -> pd.DataFrame:

@@ -85,17 +85,10 @@ def fit_file_baseline(train_file: str, log):
 
 def usable_papers(scored: Scored, path: str) -> tuple[pd.DataFrame, dict, dict]:
     """The papers with text and a category, each id once, as data.normalize keeps them; what was dropped."""
+    from arxivcls.data import usable_rows
+
     rows = scored.rows
-    keep = rows.has_text.to_numpy() & (rows.category != "").to_numpy()
-    dropped = {"no_text": int((~rows.has_text).sum()), "no_category": int((rows.category == "").sum())}
-    categories_per_id = rows[keep].groupby("id").category.nunique()
-    conflicting = categories_per_id.index[categories_per_id > 1]
-    dropped["conflicting_duplicate_ids"] = len(conflicting)
-    keep &= ~rows.id.isin(conflicting).to_numpy()
-    repeated = np.zeros(len(rows), dtype=bool)
-    repeated[keep] = rows.id[keep].duplicated(keep="first").to_numpy()
-    dropped["duplicate_ids"] = int(repeated.sum())
-    keep &= ~repeated
+    keep, dropped = usable_rows(rows.id, rows.category, rows.has_text.to_numpy())
     if not keep.any():
         raise UserError(f"{path}: no labelled papers: every row lacks text or a category "
                         f"({', '.join(f'{k} {v}' for k, v in dropped.items())})")

@@ -97,25 +97,10 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
-def normalize_rows(raw: pd.DataFrame, schema: str) -> pd.DataFrame:
-    """data.normalize's per-row part (id, text, category, listed categories), every row kept:
-    rows without text or category, and duplicate ids, are counted after scoring, over the whole file."""
-    from arxivcls.data import SCHEMAS, _clean
-
-    _, abstract_col, category_col = SCHEMAS[schema]
-    category = raw[category_col].fillna("").astype(str).str.strip()
-    if schema == "arxiv-oai":
-        category = category.str.split().str[0].fillna("")
-    return pd.DataFrame({
-        "id": raw["id"].fillna("").astype(str).str.strip().str.replace(r"v\d+$", "", regex=True),
-        "text": (_clean(raw["title"]) + " " + _clean(raw[abstract_col])).str.strip(),
-        "category": category,
-        "categories": raw["categories"].fillna("").astype(str) if "categories" in raw.columns else category,
-    })
-
-
 def normalized_chunks(papers: PapersFile, rows: int):
     """What the read task yields: normalised chunks of `rows` rows with each row's number in the file."""
+    from arxivcls.data import normalize_rows
+
     start = 0
     for raw in read_chunks(papers.path, papers.format, list(papers.columns), rows):
         if papers.limit is not None:

@@ -11,7 +11,8 @@ import pytest
 from arxivcls.cli import main
 from arxivcls.errors import UserError
 from arxivcls.evaluate_file import parse_models, usable_papers
-from arxivcls.file_scoring import Scored, normalize_rows, open_papers_file, read_chunks
+from arxivcls.data import normalize_rows
+from arxivcls.file_scoring import Scored, open_papers_file, read_chunks
 
 LABELS_A = ["cs.CV", "cs.CL", "math.AP", "quant-ph"]  # cs.RO and stat.ML of the papers: never seen
 LABELS_B = ["cs.CV", "cs.RO", "hep-th"]  # another label set; hep-th is in no paper

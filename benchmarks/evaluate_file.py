@@ -106,7 +106,7 @@ def main(argv=None):
         if run["returncode"] != 0:
             raise SystemExit(f"error: the command failed (exit {run['returncode']})")
         evaluation = json.loads((Path(out) / "evaluation.json").read_text())
-    command = "arxivcls " + shlex.join(cli if args.out else [c if c != out else "DIR" for c in cli])
+    command = "arxivcls " + shlex.join([c if c != out else "DIR" for c in cli])
     path = RESULTS / f"{NAME}.md"
     rows = earlier_rows(path, command) + [result_row(evaluation, run, command)]
     report.add("Each row: one run of the command. `command s` includes Ray's start, model loading, any baseline fit, "

@@ -34,11 +34,11 @@ def paper_text(title: str, abstract: str = "") -> str:
 
 class Classifier:
     def __init__(self, model_dir: str | Path, max_length: int | None = None):
-        from arxivcls.ensemble import load_predictor
+        from arxivcls.ensemble import load_model
 
         if not Path(model_dir).is_dir():
             raise UserError(f"{model_dir}: no such model directory")
-        self._predict_proba, id2label = load_predictor(str(model_dir), max_length)
+        self._predict_proba, id2label, _ = load_model(str(model_dir), max_length)
         self.categories = [id2label[i] for i in range(len(id2label))]
 
     def probabilities(self, titles: Sequence[str], abstracts: Sequence[str] | None = None) -> np.ndarray:

@@ -44,27 +44,41 @@ def _relative(path, start: Path) -> str:
     return os.path.relpath(Path(path).resolve(), start.resolve())
 
 
-def load_predictor(model_dir: str, max_length: int | None = None, precision: str = "auto"):
-    """(texts -> probabilities, id2label) for a transformer, a saved baseline, or an ensemble
-    directory; the model is loaded here, once."""
+def load_model(model_dir, max_length: int | None = None, precision: str = "auto", num_threads: int = 0,
+               transformer=None):
+    """(texts -> probabilities, id2label, settings) for a transformer, a saved baseline or an
+    ensemble directory, loaded here, once. `transformer(directory, max_length, precision)` loads
+    a transformer's triple (default: load_transformer with `num_threads`)."""
     from arxivcls.baseline import load_baseline
 
     directory = Path(model_dir)
+    transformer = transformer or (lambda path, length, dtype: load_transformer(path, length, dtype, num_threads))
     if (directory / ENSEMBLE_FILE).is_file():
         spec = json.loads((directory / ENSEMBLE_FILE).read_text())
-        transformer, labels = load_predictor(str(directory / spec["transformer"]), spec["max_length"], spec["precision"])
-        baseline, baseline_labels = load_predictor(str(directory / spec["baseline"]))
+        predict, labels, settings = transformer(directory / spec["transformer"], spec["max_length"], spec["precision"])
+        baseline, baseline_labels, _ = load_model(directory / spec["baseline"])
         if labels != baseline_labels:
             raise UserError(f"{model_dir}: the transformer and the baseline were trained on different categories")
-        return (lambda texts: mix(transformer(texts), baseline(texts), spec["weight"])), labels
+        return (lambda texts: mix(predict(texts), baseline(texts), spec["weight"])), labels, \
+            {**settings, "kind": "ensemble", "weight": spec["weight"]}
     if (directory / "vectorizer.json").is_file():
         baseline, names = load_baseline(directory)
-        return baseline.predict_proba, dict(enumerate(names))
+        return baseline.predict_proba, dict(enumerate(names)), {"kind": "baseline"}
+    return transformer(directory, max_length, precision)
+
+
+def load_transformer(directory, max_length: int | None = None, precision: str = "auto", num_threads: int = 0,
+                     batch_size: int = 32):
+    """(texts -> probabilities, id2label, settings) of a saved transformer, inferred in length-sorted batches."""
     from arxivcls.evaluate import Predictor, predict_sorted
 
+    directory = Path(directory)
     config, id2label = read_model_config(directory)
-    predictor = Predictor(str(directory), inference_max_length(directory, config, max_length), precision=precision)
-    return (lambda texts: predict_sorted(predictor, texts)), id2label
+    length = inference_max_length(directory, config, max_length)
+    predictor = Predictor(str(directory), length, num_threads=num_threads, precision=precision)
+    dtype = predictor.amp_dtype
+    return (lambda texts: predict_sorted(predictor, texts, batch_size)), id2label, \
+        {"kind": "transformer", "max_length": length, "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch.")}
 
 
 def read_model_config(directory: Path):

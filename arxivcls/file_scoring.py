@@ -183,41 +183,34 @@ class FileScorer:
 
     def __init__(self, specs: list[ModelSpec], batch_size: int, num_threads: int):
         self.batch_size, self.num_threads = batch_size, num_threads
-        self.predictors, self.window_probs = {}, {}
+        self.transformers, self.window_probs = {}, {}
         self.scorers = [self.load(spec) for spec in specs]
         self.widths = [len(spec.labels) for spec in specs]
 
     def load(self, spec: ModelSpec):
         """texts -> (n, len(spec.labels)) probabilities."""
-        from arxivcls.baseline import load_baseline
-        from arxivcls.ensemble import ENSEMBLE_FILE, mix
+        from arxivcls.ensemble import load_model
 
         if spec.fitted is not None:
             import ray
 
             return ray.get(spec.fitted).predict_proba
-        if spec.kind == "baseline":
-            return load_baseline(spec.path)[0].predict_proba
-        if spec.kind == "transformer":
-            return self.transformer(Path(spec.path), spec.max_length, spec.precision)
-        ensemble = json.loads((Path(spec.path) / ENSEMBLE_FILE).read_text())
-        transformer = self.transformer(Path(spec.path) / ensemble["transformer"], spec.max_length, spec.precision)
-        baseline = load_baseline(Path(spec.path) / ensemble["baseline"])[0]
-        return lambda texts: mix(transformer(texts), baseline.predict_proba(texts), ensemble["weight"])
+        return load_model(spec.path, spec.max_length, spec.precision, transformer=self.transformer)[0]
 
     def transformer(self, directory: Path, max_length: int, precision: str):
-        """The window's probabilities of one transformer, computed by the first model that asks."""
-        from arxivcls.evaluate import Predictor, predict_sorted
+        """load_transformer's triple, its probabilities computed once per window, by the first model that asks."""
+        from arxivcls.ensemble import load_transformer
 
-        key = (str(directory.resolve()), max_length, precision)
-        if key not in self.predictors:
-            self.predictors[key] = Predictor(str(directory), max_length, self.num_threads, precision)
+        key = (str(Path(directory).resolve()), max_length, precision)
+        if key not in self.transformers:
+            self.transformers[key] = load_transformer(directory, max_length, precision, self.num_threads, self.batch_size)
+        predict, id2label, settings = self.transformers[key]
 
         def probs(texts: list[str]) -> np.ndarray:
             if key not in self.window_probs:
-                self.window_probs[key] = predict_sorted(self.predictors[key], texts, self.batch_size)
+                self.window_probs[key] = predict(texts)
             return self.window_probs[key]
-        return probs
+        return probs, id2label, settings
 
     def __call__(self, batch: dict) -> dict:
         self.window_probs = {}

@@ -29,7 +29,7 @@ def read_papers(path: str) -> pd.DataFrame:
 
 def predict_cli(args) -> None:
     from arxivcls.categories import category_name
-    from arxivcls.ensemble import load_predictor
+    from arxivcls.ensemble import load_model
 
     if args.top_k < 1:
         raise UserError("--top-k must be >= 1")
@@ -37,7 +37,7 @@ def predict_cli(args) -> None:
         raise UserError("give either --title (with --abstract) or --input FILE")
     if not Path(args.model).is_dir():
         raise UserError(f"--model {args.model}: no such directory")
-    predict_probs, id2label = load_predictor(args.model)
+    predict_probs, id2label, _ = load_model(args.model)
     papers = read_papers(args.input) if args.input else pd.DataFrame({"id": ["paper"], "text": [paper_text(args.title, args.abstract)]})
     if papers.empty:
         raise UserError(f"{args.input} holds no papers")

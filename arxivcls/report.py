@@ -152,7 +152,7 @@ def conclusions(context: dict) -> list[str]:
     lines = []
     if context.get("test_papers"):
         n = context["test_papers"]
-        lines.append(f"- {n} {papers} papers: one paper is {100 / n:.2f} accuracy points. Intervals: 95% bootstrap over "
+        lines.append(f"- {n} {papers} papers: one paper is {100 / n:.2g} accuracy points. Intervals: 95% bootstrap over "
                      f"{papers} papers; differences: paired bootstrap (the same resampled papers for both models).")
     if "crosslist_accuracy" in comparison:
         lines.append("- Accuracy counts the primary category only; cross-list accuracy counts a prediction right when it "

@@ -109,43 +109,6 @@ async def read_body(request, limit: int) -> bytes:
 
 # ---------------------------------------------------------------- the model, loaded once
 
-def load_model(model_dir: str, num_threads: int = 0):
-    """(texts -> probabilities, id2label, settings) for a transformer, baseline or ensemble
-    directory, loaded once; predicts as ensemble.load_predictor (the `predict` command) does."""
-    from arxivcls.ensemble import ENSEMBLE_FILE, load_predictor, mix
-
-    directory = Path(model_dir)
-    if (directory / ENSEMBLE_FILE).is_file():
-        spec = json.loads((directory / ENSEMBLE_FILE).read_text())
-        transformer, labels, settings = _load_transformer(directory / spec["transformer"], spec["max_length"],
-                                                          spec["precision"], num_threads)
-        baseline, baseline_labels = load_predictor(str(directory / spec["baseline"]))
-        if labels != baseline_labels:
-            raise UserError(f"{model_dir}: the transformer and the baseline were trained on different categories")
-        return (lambda texts: mix(transformer(texts), baseline(texts), spec["weight"])), labels, \
-            {**settings, "kind": "ensemble", "weight": spec["weight"]}
-    if not (directory / "config.json").is_file():
-        baseline, labels = load_predictor(model_dir)  # a TF-IDF baseline (loaded here, once), or predict's error
-        return baseline, labels, {"kind": "baseline"}
-    return _load_transformer(directory, None, "auto", num_threads)
-
-
-def _load_transformer(directory: Path, max_length: int | None, precision: str, num_threads: int):
-    from arxivcls.ensemble import inference_max_length, read_model_config
-    from arxivcls.evaluate import Predictor, predict_sorted
-
-    config, id2label = read_model_config(directory)
-    length = inference_max_length(directory, config, max_length)
-    predictor = Predictor(str(directory), length, num_threads=num_threads, precision=precision)
-
-    def predict(texts: list[str]) -> np.ndarray:  # predict_in_process with the model kept
-        return predict_sorted(predictor, texts)
-
-    dtype = predictor.amp_dtype
-    return predict, id2label, {"kind": "transformer", "max_length": length,
-                               "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch.")}
-
-
 def model_version(model_dir: str) -> str:
     """A digest of the files the model is loaded from (an ensemble's: its own and both models')."""
     directory = Path(model_dir)
@@ -168,10 +131,11 @@ def model_version(model_dir: str) -> str:
 class Classifier:
     def __init__(self, options: dict):
         from arxivcls.categories import category_name
+        from arxivcls.ensemble import load_model
 
         self.options = ServeOptions(**options)
         threads = max(1, int(self.options.cpus_per_replica))
-        self.predict_probs, self.id2label, settings = load_model(self.options.model_dir, threads)
+        self.predict_probs, self.id2label, settings = load_model(self.options.model_dir, num_threads=threads)
         self.info = {"model": Path(self.options.model_dir).name, "version": model_version(self.options.model_dir),
                      **settings, "labels": [{"code": c, "name": category_name(c)} for _, c in sorted(self.id2label.items())],
                      "max_papers": self.options.max_papers, "max_chars": self.options.max_chars,
@@ -258,13 +222,13 @@ def serve_cli(args) -> None:
 
     import ray
 
-    from arxivcls.ensemble import load_predictor
+    from arxivcls.ensemble import load_model
     from arxivcls.raycluster import connect_ray
 
     options = ServeOptions(args.model, args.replicas, args.cpus_per_replica, args.gpus_per_replica,
                            args.max_batch_size, args.batch_wait_ms, args.max_papers, args.max_chars)
     options.check()
-    load_predictor(args.model)  # a UserError for a directory that is not a model, before Ray starts
+    load_model(args.model)  # a UserError for a directory that is not a model, before Ray starts
     joined = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if not joined:
         _check_port(args.host, args.port)

@@ -4,15 +4,13 @@ once, arxivcls's own progress lines, how to open the dashboard, none of Ray's no
 import os
 import re
 import signal
-import threading
-import time
 from collections import Counter
 
 import pandas as pd
 import pytest
 
 from conftest import tiny_study_yaml
-from test_faults import descendants, kill_session, start_cli
+from test_faults import Watched, descendants, kill_session
 
 pytestmark = pytest.mark.slow
 
@@ -23,29 +21,25 @@ def test_a_failed_trial_makes_the_study_exit_2_after_writing_its_results(tmp_pat
                              tune={"num_samples": 2, "study": "failing", "max_failures": 0, "grace_period": 3,
                                    "search_space": {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 3e-3}}},
                              eval={"logit_adjust": False})
-    process = start_cli("tune", str(config), cwd=tmp_path)
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
-    reader.start()
-    try:
-        first_trial_workers, deadline = set(), time.time() + 600
-        while True:  # trials run one at a time (each takes both CPUs): kill the second trial's worker
-            assert time.time() < deadline and process.poll() is None, "".join(lines[-40:])
-            workers = {pid for pid, args in descendants(process.pid) if "RayTrainWorker" in args}
-            if not any("arxivcls: trial 1/2" in line for line in lines):
-                first_trial_workers |= workers
-            elif any(f"RayTrainWorker pid={pid})" in line and "worker 0/1" in line for pid in workers - first_trial_workers
-                     for line in lines[-50:]):  # in its training loop (a failure while starting is retried)
-                os.kill((workers - first_trial_workers).pop(), signal.SIGKILL)
-                break
-            time.sleep(0.1)
-        process.wait(600)
-        reader.join(60)
-        output = "".join(lines)
-    finally:
-        kill_session(process)
+    run = Watched("tune", str(config), cwd=tmp_path)
+    first_trial_workers = set()
 
-    assert process.returncode == 2, output[-3000:]
+    def second_trial_worker_in_its_loop():  # trials run one at a time (each takes both CPUs)
+        workers = {pid for pid, args in descendants(run.process.pid) if "RayTrainWorker" in args}
+        if not any("arxivcls: trial 1/2" in line for line in run.lines):
+            first_trial_workers.update(workers)
+            return None
+        started = [pid for pid in workers - first_trial_workers  # in its training loop (a failure while starting is retried)
+                   if any(f"RayTrainWorker pid={pid})" in line and "worker 0/1" in line for line in run.lines[-50:])]
+        return started[0] if started else None
+
+    try:
+        os.kill(run.wait_for(second_trial_worker_in_its_loop), signal.SIGKILL)
+        output = run.output(600)
+    finally:
+        kill_session(run.process)
+
+    assert run.process.returncode == 2, output[-3000:]
     trials = pd.read_csv(tmp_path / "results" / "failing" / "trials.csv")
     assert sorted(trials.status) == ["completed", "error"], trials
     failed_id = trials[trials.status == "error"].trial_id.iloc[0]

@@ -106,7 +106,7 @@ def test_coverage_counts_every_unseen_category():
 
 def test_an_ensemble_and_its_transformer_share_one_forward_pass_and_predict_as_predict(tiny_bert, real_papers, tmp_path):
     from arxivcls.baseline import fit_baseline
-    from arxivcls.ensemble import load_predictor, save_ensemble
+    from arxivcls.ensemble import load_model, save_ensemble
     from arxivcls.file_scoring import FileScorer, model_spec
 
     texts = (real_papers.title + " " + real_papers.summary).tolist()
@@ -116,12 +116,12 @@ def test_an_ensemble_and_its_transformer_share_one_forward_pass_and_predict_as_p
     save_ensemble(tmp_path / "ensemble", model, tmp_path / "baseline", 0.4, 64, "auto")
     specs = [model_spec(name, str(tmp_path / name)) for name in ("model", "ensemble", "baseline")]
     scorer = FileScorer(specs, batch_size=8, num_threads=1)
-    assert len(scorer.predictors) == 1
+    assert len(scorer.transformers) == 1
     window = {"row": np.arange(20), "id": np.arange(20).astype(str), "text": np.array(texts[:20], dtype=object),
               "category": np.array(["cs.CL"] * 19 + [""], dtype=object), "categories": np.array(["cs.CL"] * 20, dtype=object)}
     scored = scorer(window)
     for i, spec in enumerate(specs):
-        expected = load_predictor(spec.path)[0](texts[:19])
+        expected = load_model(spec.path)[0](texts[:19])
         np.testing.assert_allclose(scored[f"probs_{i}"][:19], expected, atol=1e-6)
         assert not scored[f"probs_{i}"][19].any()  # no category: not scored
 

@@ -77,6 +77,30 @@ def kill_session(process):
     process.wait(timeout=60)
 
 
+class Watched:
+    """The CLI started by start_cli, its output collected by a thread (a full pipe would block it)."""
+
+    def __init__(self, *args, cwd):
+        self.process = start_cli(*args, cwd=cwd)
+        self.lines = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self.reader.start()
+
+    def wait_for(self, condition, timeout=600, poll=0.1):
+        """Poll condition() until it returns something true, and return that; fails if the CLI exits first."""
+        deadline = time.time() + timeout
+        while not (found := condition()):
+            assert time.time() < deadline and self.process.poll() is None, "".join(self.lines[-40:])
+            time.sleep(poll)
+        return found
+
+    def output(self, timeout) -> str:
+        """Wait for the CLI to exit; all it printed."""
+        self.process.wait(timeout)
+        self.reader.join(60)
+        return "".join(self.lines)
+
+
 def finish(process, timeout, seen):
     try:
         out, _ = process.communicate(timeout=timeout)
@@ -127,26 +151,18 @@ def test_train_worker_killed_mid_trial_resumes_from_checkpoint(tmp_path, papers_
                              train={"cpus_per_worker": 2, "epochs": 5, "learning_rate": 1e-3, "max_failures": 2, "batch_size": 8,
                                     "patience": 10},
                              tune={"num_samples": 1, "study": "workerkill"}, eval={"baseline": False, "logit_adjust": False})
-    process = start_cli("tune", str(config), cwd=tmp_path)
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
-    reader.start()
+    run = Watched("tune", str(config), cwd=tmp_path)
     try:
         # Worker logs reach the driver seconds late, so watch the disk, not the log: kill the
         # worker as soon as Ray Train has registered epoch 1's checkpoint, i.e. during epoch 2.
-        deadline = time.time() + 600
-        while not registered_checkpoints(tmp_path / "runs" / "workerkill"):
-            assert time.time() < deadline and process.poll() is None, "".join(lines[-40:])
-            time.sleep(0.2)
-        workers = [pid for pid, args in descendants(process.pid) if "RayTrainWorker" in args]
+        run.wait_for(lambda: registered_checkpoints(tmp_path / "runs" / "workerkill"), poll=0.2)
+        workers = [pid for pid, args in descendants(run.process.pid) if "RayTrainWorker" in args]
         assert len(workers) == 1, workers
         os.kill(workers[0], signal.SIGKILL)
-        process.wait(900)
-        reader.join(60)
-        output = "".join(lines)
+        output = run.output(900)
     finally:
-        kill_session(process)
-    assert process.returncode == 0, output[-3000:]
+        kill_session(run.process)
+    assert run.process.returncode == 0, output[-3000:]
     resumed = re.search(r"resumed from checkpoint after epoch (\d)", output)
     assert resumed, "\n".join(l for l in output.splitlines() if re.search(r"epoch \d/|resum|died|Worker|restart|fail", l))[-6000:]
     resumed_after = int(resumed.group(1))
@@ -170,24 +186,19 @@ def test_sync_study_killed_while_trials_wait_at_a_rung_resumes_under_the_same_ru
                                    "reduction_factor": 2,
                                    "search_space": {"learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}})
     state_file = tmp_path / "runs" / "sync" / "halving" / "rungs.json"
-    seen = []
-    process = start_cli("tune", str(config), cwd=tmp_path)
-    drain = threading.Thread(target=lambda: seen.extend(process.stdout), daemon=True)  # a full pipe would block it
-    drain.start()
+    run = Watched("tune", str(config), cwd=tmp_path)
+
+    def two_waiting_at_rung_1():  # and rung 1 not decided yet
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return state if len(state["scores"]["1"]) >= 2 and not state["advancing"] else None
+
     try:
-        deadline, state = time.time() + 600, None
-        while time.time() < deadline and process.poll() is None:
-            try:
-                state = json.loads(state_file.read_text())
-            except (OSError, ValueError):
-                state = None
-            if state and len(state["scores"]["1"]) >= 2 and not state["advancing"]:
-                break  # two trials wait at rung 1, which is not decided yet
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"no two trials waited at rung 1: {state}\n{''.join(seen[-40:])}")
+        state = run.wait_for(two_waiting_at_rung_1)
     finally:
-        kill_session(process)
+        kill_session(run.process)
     waiting = set(state["scores"]["1"])
 
     resumed = start_cli("tune", str(config), "--resume", cwd=tmp_path)

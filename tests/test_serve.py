@@ -20,7 +20,7 @@ import pytest
 
 import reliability
 from arxivcls.cli import main
-from arxivcls.serve import BadRequest, ServeOptions, load_model, paper_text, parse_request
+from arxivcls.serve import BadRequest, ServeOptions, paper_text, parse_request
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = {"max_papers": 8, "max_chars": 5000}
@@ -56,47 +56,6 @@ def test_request_text_is_predicts_text():
                                                     {"title": "only a title"}]}).encode(), ServeOptions("unused"))
     assert texts == ["A title the abstract", "only a title"] and k == 3
     assert paper_text("t", "") == "t"
-
-
-def test_loaded_model_predicts_as_predict(tiny_bert, real_papers):
-    from arxivcls.ensemble import load_predictor
-
-    texts = [paper_text(t, a) for t, a in zip(real_papers.title[:12], real_papers.summary[:12])]
-    served, labels, settings = load_model(str(tiny_bert))
-    reference, reference_labels = load_predictor(str(tiny_bert))
-    assert labels == reference_labels and settings["max_length"] == 512
-    np.testing.assert_allclose(served(texts), reference(texts), atol=1e-6)
-    np.testing.assert_allclose(served(texts[:1]), reference(texts)[:1], atol=1e-6)  # alone or in a batch
-
-
-def test_loaded_model_truncates_where_it_was_trained(tiny_bert, real_papers, tmp_path):
-    import shutil
-
-    from arxivcls.ensemble import load_predictor
-
-    model = Path(shutil.copytree(tiny_bert, tmp_path / "trained_at_64"))
-    config = json.loads((model / "tokenizer_config.json").read_text())
-    (model / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 64}))
-    texts = [paper_text(t, a) for t, a in zip(real_papers.title[:6], real_papers.summary[:6])]
-    served, _, settings = load_model(str(model))
-    assert settings["max_length"] == 64
-    np.testing.assert_allclose(served(texts), load_predictor(str(model))[0](texts), atol=1e-6)
-
-
-def test_loaded_ensemble_predicts_as_predict(tiny_bert, real_papers, tmp_path):
-    from arxivcls.baseline import fit_baseline
-    from arxivcls.ensemble import load_predictor, save_ensemble
-
-    texts = [paper_text(t, a) for t, a in zip(real_papers.title, real_papers.summary)]
-    labels = (real_papers.category_code == "cs.CL").to_numpy().astype(int)
-    fit_baseline(texts, labels, 2).save(tmp_path / "baseline", ["LABEL_0", "LABEL_1"])
-    save_ensemble(tmp_path / "ensemble", tiny_bert, tmp_path / "baseline", 0.3, 64, "fp32")
-    served, _, settings = load_model(str(tmp_path / "ensemble"))
-    reference, _ = load_predictor(str(tmp_path / "ensemble"))
-    assert settings["kind"] == "ensemble" and settings["max_length"] == 64
-    np.testing.assert_allclose(served(texts[:8]), reference(texts[:8]), atol=1e-6)
-    baseline, _, _ = load_model(str(tmp_path / "baseline"))
-    np.testing.assert_allclose(baseline(texts[:8]), load_predictor(str(tmp_path / "baseline"))[0](texts[:8]), atol=1e-9)
 
 
 def test_serve_refuses_bad_options_before_starting_ray(tiny_bert, tmp_path, capsys):

@@ -2,6 +2,7 @@
 import logging
 import os
 import socket
+import time
 
 
 def connect_ray(address: str | None = None, log=print) -> None:
@@ -21,6 +22,21 @@ def connect_ray(address: str | None = None, log=print) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray.data.DataContext.get_current().print_on_execution_start = False
     log(f"ray: {'joined ' + address if address else 'started a local cluster'}; " + dashboard_line(info.dashboard_url))
+
+
+def wait_for_resources(need: dict, timeout_s: float = 30.0) -> dict:
+    """The cluster's free resources once `need` (e.g. {"CPU": 2.0}) is free, or after timeout_s.
+
+    Ray removes a finished Train run's placement group asynchronously (PlacementGroupCleaner),
+    so for a few seconds after a study the CPUs its trials held still read as taken."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        free = ray.available_resources()
+        if all(free.get(k, 0.0) + 1e-9 >= v for k, v in need.items()) or time.monotonic() >= deadline:
+            return free
+        time.sleep(0.5)
 
 
 def dashboard_line(dashboard_url: str | None) -> str:

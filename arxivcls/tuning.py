@@ -341,10 +341,8 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
               warm_start: str | None = None) -> Path:
     """Run (or with `resume`, continue) the study; `warm_start`: an earlier study (name or Optuna
     storage) whose finished trials the new study's searcher starts from."""
-    import ray
-
     from arxivcls.inputs import prepare_inputs
-    from arxivcls.raycluster import connect_ray
+    from arxivcls.raycluster import connect_ray, wait_for_resources
 
     paths = study_paths(config)
     if resume and warm_start:
@@ -356,7 +354,7 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
     inputs = prepare_inputs(config, log=log)
     # Train runs live inside the study's directory: one place to find, measure and delete a study.
     trial = inputs.trial.with_train(metric=config.tune.metric, mode=config.tune.mode, storage_path=paths["experiment"])
-    available = ray.available_resources()
+    available = wait_for_resources(trial_resources(trial.train))
     concurrency = plan_concurrency(available, trial.train, config.tune.num_samples, config.tune.max_concurrent)
     log(f"study '{config.tune.study}': {config.tune.num_samples} trials, {concurrency} at a time "
         f"(each {trial_resources(trial.train)}; free {({k: available[k] for k in ('CPU', 'GPU') if k in available})}), "
@@ -366,6 +364,7 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
     for line in tracking_lines(config, paths["experiment"]):
         log(line)
     grid = make_tuner(config, trial, concurrency, paths, resume, log=log).fit()
+    wait_for_resources({k: available[k] for k in ("CPU", "GPU") if k in available})  # the evaluation sizes its actor pool by them
 
     prune_study_checkpoints(grid, paths["experiment"], config.train.checkpoint_keep, config.tune.metric, config.tune.mode)
     default_id = RunDir(paths["experiment"], DEFAULT_TRIAL[0]).read(DEFAULT_TRIAL[1])

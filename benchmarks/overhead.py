@@ -210,7 +210,6 @@ def main(argv=None):
     parser.add_argument("--cpus", type=int, default=2)
     args = parser.parse_args(argv)
 
-    import dataclasses
 
     from arxivcls.config import Config, DataConfig, ModelConfig, TrainConfig
     from arxivcls.inputs import prepare_inputs

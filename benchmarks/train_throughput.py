@@ -28,7 +28,6 @@ collation (c, see benchmarks.common.instrument; the loop itself is unchanged). P
 = real tokens / computed tokens (sum of attention mask / batch x width) over the timed batches.
 """
 import argparse
-import dataclasses
 import math
 import tempfile
 import time

@@ -1,5 +1,4 @@
 """Results are written atomically: a crash (even SIGKILL) while writing keeps the previous results."""
-import os
 import signal
 import subprocess
 import sys

@@ -420,5 +420,5 @@ def test_worker_node_lost_mid_study_and_the_study_completes(two_node_cluster, tm
     import reliability
 
     reliability.record("fault", "worker node of a two-node cluster killed mid-study (raylet + workers, SIGKILL)",
-                       f"the trial on it was restarted on the surviving node per FailureConfig; study SUCCEEDED, trials: "
+                       "the trial on it was restarted on the surviving node per FailureConfig; study SUCCEEDED, trials: "
                        + ", ".join(f"{s} {n}" for s, n in trials.status.value_counts().items()))

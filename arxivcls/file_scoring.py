@@ -278,15 +278,19 @@ def window_size(total_rows: int, actors: int, batch_size: int) -> int:
 
 
 def collect(dataset, started: float, total_rows: int, log, every_s: float = 60.0) -> list[dict]:
-    """The scored batches as they arrive, with a progress line every `every_s` seconds."""
-    parts, done, last = [], 0, started
+    """The scored batches as they arrive, with a progress line every `every_s` seconds. Its rate
+    counts from the first scored window, so the actors' start-up does not lengthen the estimate."""
+    parts, done, last, first = [], 0, started, None
     for part in raise_user_errors(dataset.iter_batches(batch_size=None, batch_format="numpy")):
         parts.append(part)
         done += len(part["row"])
-        if time.perf_counter() - last >= every_s:
-            last = time.perf_counter()
-            rate = done / (last - started)
-            log(f"scored {done} of {total_rows} rows in {last - started:.0f} s ({rate:.1f} papers/s; "
+        now = time.perf_counter()
+        if first is None:
+            first = (now, done)
+        elif now - last >= every_s:
+            last = now
+            rate = (done - first[1]) / (now - first[0])
+            log(f"scored {done} of {total_rows} rows in {now - started:.0f} s ({rate:.1f} papers/s; "
                 f"about {max(total_rows - done, 0) / rate / 60:.0f} min to go)")
     return parts
 

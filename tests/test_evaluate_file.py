@@ -12,7 +12,8 @@ from arxivcls.cli import main
 from arxivcls.errors import UserError
 from arxivcls.evaluate_file import parse_models, usable_papers
 from arxivcls.data import normalize_rows
-from arxivcls.file_scoring import Scored, open_papers_file, read_chunks
+from arxivcls import file_scoring
+from arxivcls.file_scoring import Scored, collect, open_papers_file, read_chunks
 
 LABELS_A = ["cs.CV", "cs.CL", "math.AP", "quant-ph"]  # cs.RO and stat.ML of the papers: never seen
 LABELS_B = ["cs.CV", "cs.RO", "hep-th"]  # another label set; hep-th is in no paper
@@ -82,6 +83,22 @@ def test_files_are_read_in_chunks_as_prepare_reads_them(suffix, tmp_path):
     whole = read_table(str(path))
     assert rows.id.tolist() == whole.id.astype(str).tolist() == ["0704.0001", "0704.0010", "3"]  # ids stay text
     assert rows.category.tolist() == ["hep-th", "cs.CL", "cs.CV"] and rows.text.tolist() == ["A x", "B y", "C"]
+
+
+def test_progress_rate_counts_from_the_first_scored_window(monkeypatch):
+    """Start-up takes 100 s, then a window of 50 rows every 10 s: 5 papers/s, not 250 rows / 140 s."""
+    arrivals = iter([100.0, 110.0, 120.0, 130.0, 140.0])
+    monkeypatch.setattr(file_scoring.time, "perf_counter", lambda: next(arrivals))
+
+    class Windows:
+        def iter_batches(self, **_):
+            return iter([{"row": np.arange(50)}] * 5)
+
+    lines = []
+    parts = collect(Windows(), started=0.0, total_rows=1250, log=lines.append, every_s=25)
+    assert len(parts) == 5
+    assert lines == ["scored 100 of 1250 rows in 110 s (5.0 papers/s; about 4 min to go)",
+                     "scored 250 of 1250 rows in 140 s (5.0 papers/s; about 3 min to go)"]
 
 
 def test_bootstrap_draws_one_resample_at_a_time_the_same_seeded_rows():

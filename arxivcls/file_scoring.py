@@ -144,23 +144,28 @@ class ModelSpec:
 
 
 def model_spec(name: str, path: str) -> ModelSpec:
-    """A saved model's kind, labels and inference settings, read without loading its weights."""
+    """A saved model's kind, labels and inference settings, read without loading its weights
+    (`name` "": the model of a command that takes one, `--model DIR`)."""
     from arxivcls.baseline import load_baseline
     from arxivcls.ensemble import ENSEMBLE_FILE
 
     directory = Path(path)
     if not directory.is_dir():
-        raise UserError(f"--model {name}={path}: no such directory")
+        raise UserError(f"{model_flag(name, path)}: no such directory")
     if (directory / ENSEMBLE_FILE).is_file():
         ensemble = json.loads((directory / ENSEMBLE_FILE).read_text())
         labels, _ = transformer_settings(name, directory / ensemble["transformer"])
         if list(labels) != load_baseline(directory / ensemble["baseline"])[1]:
-            raise UserError(f"--model {name}={path}: the transformer and the baseline were trained on different categories")
+            raise UserError(f"{model_flag(name, path)}: the transformer and the baseline were trained on different categories")
         return ModelSpec(name, path, "ensemble", labels, ensemble["max_length"], ensemble["precision"])
     if (directory / "vectorizer.json").is_file():
         return ModelSpec(name, path, "baseline", tuple(load_baseline(directory)[1]))
     labels, max_length = transformer_settings(name, directory)
     return ModelSpec(name, path, "transformer", labels, max_length)
+
+
+def model_flag(name: str, path) -> str:
+    return f"--model {name}={path}" if name else f"--model {path}"
 
 
 def transformer_settings(name: str, directory: Path) -> tuple[tuple[str, ...], int]:
@@ -170,7 +175,7 @@ def transformer_settings(name: str, directory: Path) -> tuple[tuple[str, ...], i
     config, id2label = read_model_config(directory)
     weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
     if not any((directory / f).is_file() for f in weights):
-        raise UserError(f"--model {name}={directory}: no model weights ({', '.join(weights)})")
+        raise UserError(f"{model_flag(name, directory)}: no model weights ({', '.join(weights)})")
     return tuple(id2label[i] for i in sorted(id2label)), inference_max_length(directory, config)
 
 

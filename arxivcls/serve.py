@@ -222,13 +222,13 @@ def serve_cli(args) -> None:
 
     import ray
 
-    from arxivcls.ensemble import load_model
+    from arxivcls.file_scoring import model_spec
     from arxivcls.raycluster import connect_ray
 
     options = ServeOptions(args.model, args.replicas, args.cpus_per_replica, args.gpus_per_replica,
                            args.max_batch_size, args.batch_wait_ms, args.max_papers, args.max_chars)
     options.check()
-    load_model(args.model)  # a UserError for a directory that is not a model, before Ray starts
+    model_spec("", args.model)  # a UserError for a directory that is not a model, before Ray starts
     joined = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if not joined:
         _check_port(args.host, args.port)

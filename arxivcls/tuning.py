@@ -341,6 +341,8 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
               warm_start: str | None = None) -> Path:
     """Run (or with `resume`, continue) the study; `warm_start`: an earlier study (name or Optuna
     storage) whose finished trials the new study's searcher starts from."""
+    import ray
+
     from arxivcls.inputs import prepare_inputs
     from arxivcls.raycluster import connect_ray, wait_for_resources
 
@@ -364,7 +366,9 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
     for line in tracking_lines(config, paths["experiment"]):
         log(line)
     grid = make_tuner(config, trial, concurrency, paths, resume, log=log).fit()
-    wait_for_resources({k: available[k] for k in ("CPU", "GPU") if k in available})  # the evaluation sizes its actor pool by them
+    # The evaluation sizes its actor pool by the free resources: wait for the trials' (on the nodes still alive).
+    alive = ray.cluster_resources()
+    wait_for_resources({k: min(available[k], alive.get(k, 0.0)) for k in ("CPU", "GPU") if k in available})
 
     prune_study_checkpoints(grid, paths["experiment"], config.train.checkpoint_keep, config.tune.metric, config.tune.mode)
     default_id = RunDir(paths["experiment"], DEFAULT_TRIAL[0]).read(DEFAULT_TRIAL[1])

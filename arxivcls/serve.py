@@ -232,7 +232,9 @@ def serve_cli(args) -> None:
     joined = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if not joined:
         _check_port(args.host, args.port)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it as Ctrl-C does
+    # Ctrl-C and SIGTERM stop it, also when a script started it in the background (with SIGINT ignored).
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.default_int_handler)
     connect_ray(args.address)
     try:
         url = deploy(options, args.host, args.port)

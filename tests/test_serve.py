@@ -134,10 +134,11 @@ def _listening_hosts(port: int) -> set[str]:
 
 @pytest.fixture(scope="module")
 def server(tiny_bert, tmp_path_factory):
-    """`arxivcls serve` in a subprocess: its own local Ray, 2 replicas, limits LIMITS."""
+    """`arxivcls serve` in a subprocess: its own local Ray, 2 replicas, limits LIMITS. Started with
+    SIGINT ignored, as a script's background job is: SIGINT must still stop it."""
     port, log = _free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    command = [sys.executable, "-m", "arxivcls.cli", "serve", "--model", str(tiny_bert), "--port", str(port),
+    command = ["bash", "-c", 'trap "" INT; exec "$0" "$@"', sys.executable, "-m", "arxivcls.cli", "serve", "--model", str(tiny_bert), "--port", str(port),
                "--replicas", "2", "--cpus-per-replica", "0.5", "--max-papers", str(LIMITS["max_papers"]),
                "--max-chars", str(LIMITS["max_chars"])]
     with open(log, "w") as out:

@@ -366,9 +366,6 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
     for line in tracking_lines(config, paths["experiment"]):
         log(line)
     grid = make_tuner(config, trial, concurrency, paths, resume, log=log).fit()
-    # The evaluation sizes its actor pool by the free resources: wait for the trials' (on the nodes still alive).
-    alive = ray.cluster_resources()
-    wait_for_resources({k: min(available[k], alive.get(k, 0.0)) for k in ("CPU", "GPU") if k in available})
 
     prune_study_checkpoints(grid, paths["experiment"], config.train.checkpoint_keep, config.tune.metric, config.tune.mode)
     default_id = RunDir(paths["experiment"], DEFAULT_TRIAL[0]).read(DEFAULT_TRIAL[1])
@@ -389,6 +386,9 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
     if evaluate:
         from arxivcls.evaluate import evaluate_study
 
+        # It sizes its actor pool by the free resources: wait for the trials' (on the nodes still alive).
+        alive = ray.cluster_resources()
+        wait_for_resources({k: min(available[k], alive.get(k, 0.0)) for k in ("CPU", "GPU") if k in available})
         evaluate_study(paths["results"], address=address, log=log)
     failed = trials[trials.status == "error"]
     if not failed.empty:  # the results are written; the exit code still says that trials failed

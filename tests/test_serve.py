@@ -138,7 +138,8 @@ def server(tiny_bert, tmp_path_factory):
     SIGINT ignored, as a script's background job is: SIGINT must still stop it."""
     port, log = _free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    command = ["bash", "-c", 'trap "" INT; exec "$0" "$@"', sys.executable, "-m", "arxivcls.cli", "serve", "--model", str(tiny_bert), "--port", str(port),
+    command = ["bash", "-c", 'trap "" INT; exec "$0" "$@"',
+               sys.executable, "-m", "arxivcls.cli", "serve", "--model", str(tiny_bert), "--port", str(port),
                "--replicas", "2", "--cpus-per-replica", "0.5", "--max-papers", str(LIMITS["max_papers"]),
                "--max-chars", str(LIMITS["max_chars"])]
     with open(log, "w") as out:

@@ -67,7 +67,8 @@ class TuneConfig:
     num_samples: int = 10
     metric: str = "val_macro_f1"  # one explicit objective, never a sum of metrics
     mode: str = "max"
-    # name -> {type: loguniform|uniform|int|choice, low, high | values}; keys are TrainConfig fields
+    # name -> {type: loguniform|uniform|int|choice, low, high | values}; keys are TrainConfig fields,
+    # and max_length (data.max_length: the study tokenizes once at the largest, each trial truncates)
     search_space: dict = field(default_factory=lambda: {
         "learning_rate": {"type": "loguniform", "low": 1e-5, "high": 5e-5},
         "batch_size": {"type": "choice", "values": [8, 16, 32]},
@@ -77,16 +78,13 @@ class TuneConfig:
         "loss": {"type": "choice", "values": ["ce", "weighted_ce"]},
         "label_smoothing": {"type": "uniform", "low": 0.0, "high": 0.1},
     })
-    # asha: Ray's asynchronous successive halving (no trial ever waits; right for many trials).
-    # sync: synchronous successive halving (arxivcls.halving): trials wait at each rung until all
-    # have reached it; spends less in small studies, where ASHA's first trials run the full budget.
-    scheduler: str = "asha"
+    scheduler: str = "asha"  # Ray's asynchronous successive halving (ASHAScheduler), the only one
     grace_period: int = 1  # epochs every trial gets before it can be stopped
     reduction_factor: int = 2  # the best 1/reduction_factor of the trials at a rung go on
     max_concurrent: int = 0  # 0 = as many as the cluster's free resources fit
     max_failures: int = 1  # Tune retries of a failed trial (Train resumes from its checkpoint)
     seed: int = 42
-    results_dir: str = "results"  # results/<study>/ tables, plots, report (committed; no weights)
+    results_dir: str = "reports"  # reports/<study>/: report, tables, plots (outside git; results/ holds the committed runs)
     models_dir: str = "models"  # models/<study>/{tuned,default}: Hugging Face format, outside git
     min_free_disk_gb: float = 0.0  # extra headroom required on top of the checkpoint estimate
     # Ray Tune loggers that record every trial's epochs: tensorboard (event files in each trial's
@@ -105,12 +103,33 @@ class EvalConfig:
 
 
 @dataclass
+class BaselineConfig:
+    # The TF-IDF baseline's own study (arxivcls.baseline_search): Optuna TPE seeded with tune.seed,
+    # scored like the transformer's on the validation split (tune.metric), each trial a 1-CPU Ray
+    # task, trials_per_batch at a time; trial 0 is arxivcls.baseline.BaselineParams' defaults. On the
+    # quick start's split (480 training, 110 validation papers) a trial takes 0.1-2.5 s of one core
+    # (docs/design.md: "The baseline").
+    num_trials: int = 16
+    trials_per_batch: int = 4
+    # name -> {type: loguniform|uniform|int|choice, low, high | values}; keys are BaselineParams fields
+    search_space: dict = field(default_factory=lambda: {
+        "classifier": {"type": "choice", "values": ["logistic", "svm"]},
+        "alpha": {"type": "loguniform", "low": 1e-6, "high": 1e-2},
+        "ngram_max": {"type": "int", "low": 1, "high": 2},
+        "min_df": {"type": "int", "low": 1, "high": 2},
+        "sublinear_tf": {"type": "choice", "values": [True, False]},
+        "class_weight": {"type": "choice", "values": ["none", "balanced"]},
+    })
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -196,15 +215,16 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
             raise UserError(f"unknown config section '{section}' (known: {', '.join(sorted(sections))})")
         if not isinstance(values, dict):
             raise UserError(f"config section '{section}' must be a mapping")
-        if section == "tune" and "search_space" in values:
-            config.tune.search_space = {}  # a config's space replaces the default, it does not merge
+        if section in ("tune", "baseline") and "search_space" in values:
+            getattr(config, section).search_space = {}  # a config's space replaces the default, it does not merge
         _apply(getattr(config, section), values, section)
     for item in overrides:
         section, key, value = _parse_override(item)
         if section not in sections:
             raise UserError(f"unknown config section '{section}' in --set {item}")
-        if section == "tune" and key.startswith("search_space."):  # one searched parameter's range
-            config.tune.search_space = {**config.tune.search_space, key.split(".", 1)[1]: value}
+        if section in ("tune", "baseline") and key.startswith("search_space."):  # one searched parameter's range
+            target = getattr(config, section)
+            target.search_space = {**target.search_space, key.split(".", 1)[1]: value}
             continue
         _apply(getattr(config, section), {key: value}, section)
     validate(config)
@@ -239,7 +259,7 @@ def validate_search_space(space: dict, train: TrainConfig) -> None:
     _check(bool(space), "tune.search_space is empty: give at least one hyperparameter to search")
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for name, spec in space.items():
-        _check(name in train_fields, f"tune.search_space: '{name}' is not a train setting")
+        _check(name in train_fields or name == "max_length", f"tune.search_space: '{name}' is not a train setting or max_length")
         _check(isinstance(spec, dict) and spec.get("type") in SPACE_TYPES,
                f"tune.search_space.{name}: needs type in {sorted(SPACE_TYPES)}")
         if spec["type"] == "choice":
@@ -254,10 +274,38 @@ def validate_search_space(space: dict, train: TrainConfig) -> None:
             candidates = [low, high]
         for value in candidates:  # every end of the range must itself be a valid setting
             where = f"tune.search_space.{name}"
+            if name == "max_length":
+                _check(isinstance(value, int) and 8 <= value <= 8192, f"{where}: max_length must be an integer between 8 and 8192")
+                continue
             try:
                 validate_train(dataclasses.replace(train, **{name: _coerce(value, getattr(train, name), where)}))
             except UserError as err:
                 raise UserError(f"{where}: {err}")
+
+
+BASELINE_CHOICES = {"classifier": ["logistic", "svm"], "class_weight": ["none", "balanced"], "sublinear_tf": [True, False]}
+BASELINE_RANGES = {"alpha": (1e-12, 1e3), "ngram_max": (1, 3), "min_df": (1, 1000)}  # alpha a float, the others integers
+
+
+def validate_baseline(b: BaselineConfig) -> None:
+    _check(b.num_trials >= 1 and b.trials_per_batch >= 1, "baseline.num_trials and baseline.trials_per_batch must be >= 1")
+    known = sorted({*BASELINE_CHOICES, *BASELINE_RANGES})
+    for name, spec in b.search_space.items():
+        where = f"baseline.search_space.{name}"
+        _check(name in known, f"baseline.search_space: '{name}' is not a baseline setting (known: {', '.join(known)})")
+        _check(isinstance(spec, dict) and spec.get("type") in SPACE_TYPES, f"{where}: needs type in {sorted(SPACE_TYPES)}")
+        values = spec.get("values") if spec["type"] == "choice" else [spec.get("low"), spec.get("high")]
+        _check(isinstance(values, list) and len(values) >= 1, f"{where}: choice needs a non-empty 'values' list")
+        if name in BASELINE_CHOICES:
+            _check(spec["type"] == "choice" and all(v in BASELINE_CHOICES[name] for v in values),
+                   f"{where}: a choice among {BASELINE_CHOICES[name]}")
+            continue
+        low, high = BASELINE_RANGES[name]
+        kind = float if name == "alpha" else int
+        _check(all(isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool) and low <= v <= high
+                   for v in values), f"{where}: {kind.__name__} values between {low:g} and {high:g}")
+        _check(spec["type"] == "choice" or values[0] < values[1], f"{where}: needs low < high")
+        _check(kind is float or spec["type"] in {"int", "choice"}, f"{where}: an integer setting needs type int or choice")
 
 
 def validate(config: Config) -> None:
@@ -274,9 +322,12 @@ def validate(config: Config) -> None:
     _check(tu.max_failures >= 0, "tune.max_failures must be >= 0")
     _check(tu.grace_period >= 1 and tu.reduction_factor >= 2, "tune.grace_period must be >= 1 and tune.reduction_factor >= 2")
     _check(tu.max_concurrent >= 0, "tune.max_concurrent must be >= 0")
-    _check(tu.scheduler in {"asha", "sync"}, f"tune.scheduler must be 'asha' or 'sync', got '{tu.scheduler}'")
+    _check(tu.scheduler != "sync", "tune.scheduler: sync (synchronous halving) is not offered: use asha "
+           "(Ray's ASHAScheduler; size the study with `arxivcls plan`)")
+    _check(tu.scheduler == "asha", f"tune.scheduler must be 'asha', got '{tu.scheduler}'")
     _check(bool(tu.study) and "/" not in tu.study and tu.study not in {".", ".."}, "tune.study must be a plain name")
     _check(tu.metric.startswith("val_"), f"tune.metric must be a validation metric (val_...), got '{tu.metric}'")
     _check(set(tu.tracking) <= TRACKERS, f"tune.tracking: each must be one of {sorted(TRACKERS)}, got {tu.tracking}")
     validate_search_space(tu.search_space, config.train)
+    validate_baseline(config.baseline)
     _check(e.batch_size >= 1 and e.num_actors >= 0 and e.top_k >= 1, "eval.batch_size and eval.top_k must be >= 1")

@@ -117,3 +117,17 @@ def collate(split: TokenizedSplit, rows: np.ndarray, pad_id: int = 0, pad_to_mul
         "attention_mask": torch.from_numpy(attention_mask),
         "labels": torch.from_numpy(split.labels[rows]),
     }
+
+
+def truncate_split(split: TokenizedSplit, max_length: int) -> TokenizedSplit:
+    """Each row cut to `max_length` tokens as the tokenizer truncates: its first max_length - 1 tokens
+    and its last (the end-of-sequence token). Rows already short enough are left as they are."""
+    lengths = split.lengths
+    if lengths.size == 0 or lengths.max() <= max_length:
+        return split
+    keep = np.ones(len(split.ids), dtype=bool)
+    for i in np.flatnonzero(lengths > max_length):
+        keep[split.offsets[i] + max_length - 1:split.offsets[i + 1] - 1] = False
+    new_lengths = np.minimum(lengths, max_length)
+    offsets = np.concatenate([[0], np.cumsum(new_lengths)]).astype(np.int64)
+    return TokenizedSplit(split.ids[keep], offsets, split.labels)

@@ -3,17 +3,19 @@ study's Optuna storage (a SQLite file in the study's directory) with warm starts
 
 Imports optuna and Ray Tune: import it where a study is set up, not from light modules.
 """
+import warnings
 from pathlib import Path
 
 import optuna
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from arxivcls.config import Config, TrainConfig
+from arxivcls.config import Config
 from arxivcls.errors import UserError
 
 OPTUNA_DB = ("search", "optuna.db")  # inside the study's directory: runs/<study>/search/optuna.db
 WARM_START_ATTR = "warm_start_from"  # user attribute of a trial copied from an earlier study
+RAY_TRIAL_ATTR = "ray_trial_id"  # user attribute: the Ray Tune trial an Optuna trial is
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the study's own lines say where its Optuna study is
 
@@ -33,24 +35,29 @@ def tune_search_space(space: dict) -> dict:
     return domains
 
 
-def default_point(space: dict, train: TrainConfig) -> dict:
-    """The config's own `train` values, expressed in the searched parameters."""
-    return {name: getattr(train, name) for name in space}
+def default_point(space: dict, config: Config) -> dict:
+    """The config's own `train` values (and data.max_length), expressed in the searched parameters."""
+    return {name: config.data.max_length if name == "max_length" else getattr(config.train, name) for name in space}
 
 
 class BudgetAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna the truth about trials stopped early: PRUNED at the epoch
-    they reached, with their score there; not COMPLETE. A finished trial's value is its best
-    epoch's score (the study's objective), not its last epoch's.
+    """OptunaSearch that stores in Optuna what the study records in trials.csv:
 
-    A trial paused at a rung (tune.scheduler: sync) is told PRUNED there at once (on_pause); one
-    that later goes on sends Optuna nothing more. The first trial asked gets points_to_evaluate[0]
-    (the default configuration): `on_default_trial(trial_id)` hears its id.
+    - every epoch as an intermediate value at step = epoch (Tune's training_iteration starts again
+      at 1 when a trial's Train run is started again);
+    - a trial that ASHA stopped is PRUNED at the epoch it reached (stock OptunaSearch tells it
+      COMPLETE, and TPE would model a one-epoch score as a full-budget result); its value is
+      that epoch's score, as Optuna gives a pruned trial its last intermediate value;
+    - a trial that ran its epochs (or stopped by patience) is COMPLETE with its best epoch's score,
+      the study's objective;
+    - each Optuna trial carries Ray's trial id (user attribute `ray_trial_id`).
+
+    The first trial asked gets points_to_evaluate[0] (the default configuration):
+    `on_default_trial(trial_id)` hears its id.
     """
 
     def __init__(self, *args, on_default_trial=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._prune_at_next_result = set()
         self.on_default_trial = on_default_trial
 
     def _setup_study(self, mode):
@@ -86,44 +93,34 @@ class BudgetAwareOptunaSearch(OptunaSearch):
     def suggest(self, trial_id):
         is_default = not self._ot_trials and bool(self._points_to_evaluate)  # Optuna asks enqueued points first
         params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
         if is_default and self.on_default_trial is not None:
             self.on_default_trial(trial_id)
         return params
 
-    def on_pause(self, trial_id):
-        self._prune_at_next_result.add(trial_id)
-
-    def on_unpause(self, trial_id):
-        pass
-
     def on_trial_result(self, trial_id, result):
-        if trial_id in self._completed_trials:  # told PRUNED at a rung, and went on
-            return
-        # Optuna's step is the epoch: a trial restarted after a pause counts Tune's
-        # training_iteration from 1 again, and Optuna ignores repeated steps.
-        super().on_trial_result(trial_id, {**result, "training_iteration": result.get("epoch", result.get("training_iteration"))})
-        if trial_id in self._prune_at_next_result:
-            self._prune_at_next_result.discard(trial_id)
-            self._prune(trial_id)
-
-    def on_trial_complete(self, trial_id, result=None, error=False):
         if trial_id in self._completed_trials:
             return
-        stopped_early = (result and not error and not result.get("stopped_by_patience")
-                         and result.get("epoch", 0) < result.get("planned_epochs", 0))
-        if stopped_early and trial_id in self._ot_trials:
-            # Tune does not pass a STOPped trial's last result to on_trial_result
-            if self.metric in result:
-                self._ot_trials[trial_id].report(result[self.metric], result["epoch"])
-            self._prune(trial_id)
+        super().on_trial_result(trial_id, {**result, "training_iteration": result.get("epoch", result.get("training_iteration"))})
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result and not error and stopped_by_scheduler(result):
+            if self.metric in result:  # Tune does not pass a STOPped trial's last result to on_trial_result
+                self.on_trial_result(trial_id, result)
+            self._ot_study.tell(self._ot_trials[trial_id], None, state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
             return
         if result and f"best_{self.metric}" in result:  # the objective is the trial's best epoch, not its last
             result = {**result, self.metric: result[f"best_{self.metric}"]}
         super().on_trial_complete(trial_id, result=result, error=error)
 
-    def _prune(self, trial_id):
-        self._ot_study.tell(self._ot_trials[trial_id], None, state=optuna.trial.TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
+
+def stopped_by_scheduler(result: dict) -> bool:
+    """A trial's last result says the scheduler stopped it: fewer epochs than planned, not by patience."""
+    return not result.get("stopped_by_patience") and result.get("epoch", 0) < result.get("planned_epochs", 0)
 
 
 def make_searcher(config: Config, on_default_trial=None, storage_url: str | None = None) -> BudgetAwareOptunaSearch:
@@ -131,7 +128,7 @@ def make_searcher(config: Config, on_default_trial=None, storage_url: str | None
     tune_cfg = config.tune
     return BudgetAwareOptunaSearch(
         metric=tune_cfg.metric, mode=tune_cfg.mode,
-        points_to_evaluate=[default_point(tune_cfg.search_space, config.train)],
+        points_to_evaluate=[default_point(tune_cfg.search_space, config)],
         sampler=optuna.samplers.TPESampler(seed=tune_cfg.seed, n_startup_trials=min(5, tune_cfg.num_samples)),
         on_default_trial=on_default_trial,
         study_name=tune_cfg.study if storage_url else None,
@@ -168,6 +165,9 @@ def begin_optuna_study(config: Config, storage_url: str) -> optuna.Study:
     study = optuna.create_study(storage=storage, study_name=config.tune.study,
                                 direction="maximize" if config.tune.mode == "max" else "minimize")
     study.set_user_attr("metric", config.tune.metric)
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([config.tune.metric])  # optuna-dashboard names the objective as the report does
     return study
 
 

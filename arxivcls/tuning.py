@@ -1,5 +1,5 @@
-"""A Ray Tune study: OptunaSearch (TPE) proposes, ASHA or synchronous halving stops early, each
-trial is a Ray Train run.
+"""A Ray Tune study: OptunaSearch (TPE) proposes, ASHA stops early, each trial is a Ray Train run
+whose checkpoints Ray keeps.
 
 Data is prepared and tokenized once on the driver and shared with every trial through the object store.
 """
@@ -10,7 +10,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from arxivcls.config import Config, TrainConfig
 from arxivcls.errors import UserError
 from arxivcls.files import atomic_directory
 from arxivcls.inputs import TrialInputs
-from arxivcls.rundir import FINAL_RESULT, RunDir, best_checkpoint, export_model, prune_checkpoints
-from arxivcls.trials import SEARCHED_TRIAL_PREFIX, collect_trials, prune_study_checkpoints
+from arxivcls.checkpoints import export_model, storage_uri
+from arxivcls.trials import SEARCHED_TRIAL_PREFIX, collect_trials
 
 # The per-trial driver only waits on its Train run: it holds no CPU (Tune needs a non-empty
 # request, so it asks for 1 MiB of memory). A CPU per idle driver can deadlock trials that need
@@ -30,7 +29,6 @@ TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
 # Files of the study itself, each in a subdirectory of the study's: Tune copies every .json file at
 # the top of it to its staging directory on --resume and later copies them back, which would put
 # old contents back over the new.
-HALVING_STATE = ("halving", "rungs.json")  # tune.scheduler: sync's rung decisions
 DEFAULT_TRIAL = ("search", "default_trial_id")  # the trial the searcher gave the config's own values
 MLFLOW_DB = ("mlflow", "mlflow.db")  # tune.tracking: mlflow's store when no tracking URI is given
 
@@ -69,6 +67,12 @@ def checkpoint_bytes(model_dir: str) -> int:
     return 3 * weights
 
 
+def checkpoints_kept(num_samples: int, keep: int, concurrency: int) -> int:
+    """The most checkpoints a study holds at once: Ray keeps each trial's `keep` best and its latest,
+    and a running trial writes one more before Ray deletes one (docs/design.md, Checkpoints)."""
+    return num_samples * (keep + 1) + concurrency
+
+
 def check_disk(storage_path: str, need_bytes: int, headroom_gb: float) -> dict:
     if "://" in storage_path:
         return {"storage": storage_path, "estimated_need_gb": need_bytes / 1e9, "free_gb": None}
@@ -93,87 +97,46 @@ def disk_usage_bytes(path: str) -> int | None:
 # ---------------------------------------------------------------- the per-trial driver
 
 def trial_driver(config: dict, base: TrialInputs) -> None:
-    """Runs inside a Tune trial: one Ray Train run with this trial's hyperparameters."""
+    """Runs inside a Tune trial: one Ray Train run with this trial's hyperparameters. The run is named
+    by the trial, so a retried or resumed trial finds its run and Ray resumes it from its latest checkpoint."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from arxivcls.train import build_trainer
 
-    inputs = base.with_train(**config)
-    train = inputs.train
     trial_id = ray.tune.get_context().get_trial_id()
-    run = RunDir.of_trial(train.storage_path, trial_id)  # a retried trial finds its Train run and resumes it
-    # Tune saves the study's state every few seconds: when the driver dies just after a trial
-    # finished, a resumed study starts that trial again. Its Train run is done, so hand Tune the
-    # saved final result instead of training again (and instead of a result without metrics).
-    finished = run.read(FINAL_RESULT)
-    if finished is not None:
-        print(f"trial {trial_id}: its Train run had already finished; replaying its result, not retraining", flush=True)
-        for metrics in json.loads(finished):
-            ray.tune.report(metrics)
-        return
-    report_waiting_rung(run, inputs.wait_at_epochs)
-    result = build_trainer(inputs, name=run.name, callbacks=[TuneReportCallback()]).fit()
-    checkpoint, _ = best_checkpoint(result, train.metric, train.mode)
-    replay = [{**metrics, "checkpoint_path": checkpoint.path} for c, metrics in result.best_checkpoints or [] if c is checkpoint]
-    last = run.last_report()
-    if last and (not replay or last.get("epoch") != replay[0].get("epoch")):
-        replay.append(last)
-    run.write(FINAL_RESULT, json.dumps(replay))
-    prune_checkpoints(result, train.checkpoint_keep, train.metric, train.mode)
-
-
-def report_waiting_rung(run: RunDir, rungs) -> None:
-    """A trial that was waiting at a rung of synchronous halving when the study stopped (or its
-    driver died): report that rung again, before any worker starts, so the scheduler pauses it
-    again, or stops it, instead of letting it train past a rung the study has not decided."""
-    import ray.tune
-
-    last = run.last_report()
-    if (last and last.get("epoch") in rungs and last["epoch"] < last.get("planned_epochs", 0)
-            and not last.get("stopped_by_patience") and not run.may_continue(last["epoch"])):
-        ray.tune.report({**last, **_checkpoint_of_epoch(run, last["epoch"])})
-
-
-def _checkpoint_of_epoch(run: RunDir, epoch: int) -> dict:
-    """{"checkpoint_path": ...} when the run's newest checkpoint (local disk) is of `epoch`."""
-    newest = run.newest_checkpoint()
-    if newest and (newest / "metrics.json").is_file() and json.loads((newest / "metrics.json").read_text()).get("epoch") == epoch:
-        return {"checkpoint_path": str(newest)}
-    return {}
-
-
-def mark_continue(experiment: str, trial_id: str, epoch: int) -> None:
-    RunDir.of_trial(experiment, trial_id).mark_continue(epoch)
+    build_trainer(base.with_params(config), name=f"train-{trial_id}", callbacks=[TuneReportCallback()]).fit()
 
 
 # ---------------------------------------------------------------- the search and early-stopping rule
 
-def make_scheduler(config: Config, trial: TrialInputs, max_epochs: int, concurrency: int, experiment: str):
-    """(search algorithm, Tune scheduler, the trials' inputs) for tune.scheduler."""
+def make_scheduler(config: Config, max_epochs: int, concurrency: int, experiment: str):
+    """(search algorithm, Tune scheduler): Optuna's TPE behind a concurrency limit, and Ray's ASHA."""
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     from arxivcls.search import make_searcher, optuna_storage_url
 
     tune_cfg = config.tune
-    searcher = make_searcher(config, on_default_trial=partial(RunDir(experiment, DEFAULT_TRIAL[0]).write, DEFAULT_TRIAL[1]),
+    searcher = make_searcher(config, on_default_trial=partial(write_default_trial, experiment),
                              storage_url=optuna_storage_url(experiment))
-    if tune_cfg.scheduler == "asha":
-        return (ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-                ASHAScheduler(time_attr="epoch", metric=tune_cfg.metric, mode=tune_cfg.mode, max_t=max_epochs,
-                              grace_period=tune_cfg.grace_period, reduction_factor=tune_cfg.reduction_factor),
-                trial)
-    from arxivcls.halving import PausableLimiter, SynchronousHalving, rung_epochs
+    return (ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+            ASHAScheduler(time_attr="epoch", metric=tune_cfg.metric, mode=tune_cfg.mode, max_t=max_epochs,
+                          grace_period=tune_cfg.grace_period, reduction_factor=tune_cfg.reduction_factor))
 
-    rungs = rung_epochs(tune_cfg.grace_period, tune_cfg.reduction_factor, max_epochs)
-    state = RunDir(experiment, HALVING_STATE[0])
-    scheduler = SynchronousHalving(tune_cfg.metric, tune_cfg.mode, rungs, tune_cfg.reduction_factor,
-                                   num_trials=tune_cfg.num_samples, max_running=concurrency,
-                                   mark_continue=partial(mark_continue, experiment),
-                                   save_state=partial(state.write, HALVING_STATE[1]),
-                                   load_state=partial(state.read, HALVING_STATE[1]))
-    return PausableLimiter(searcher, max_concurrent=concurrency), scheduler, replace(trial, wait_at_epochs=tuple(rungs))
+
+def write_default_trial(experiment: str, trial_id: str) -> None:
+    from arxivcls.checkpoints import is_local, resolve_filesystem
+    from arxivcls.files import atomic_write_text
+
+    path = f"{experiment.rstrip('/')}/{'/'.join(DEFAULT_TRIAL)}"
+    if is_local(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(path), trial_id)
+        return
+    fs, inside = resolve_filesystem(path)
+    with fs.open_output_stream(inside) as out:  # object stores publish a whole object at close
+        out.write(trial_id.encode())
 
 
 def make_tuner(config: Config, trial: TrialInputs, concurrency: int, paths: dict, resume: bool, log=print):
@@ -183,7 +146,7 @@ def make_tuner(config: Config, trial: TrialInputs, concurrency: int, paths: dict
     from arxivcls.search import tune_search_space
 
     max_epochs = max(trial.train.epochs, int(config.tune.search_space.get("epochs", {}).get("high", trial.train.epochs)))
-    search_alg, scheduler, trial = make_scheduler(config, trial, max_epochs, concurrency, paths["experiment"])
+    search_alg, scheduler = make_scheduler(config, max_epochs, concurrency, paths["experiment"])
     trainable = tune.with_resources(tune.with_parameters(trial_driver, base=trial), TRIAL_DRIVER_RESOURCES)
     # Save the study's state every 2 s (Ray's "auto" waits >= 10 s): a killed driver then loses
     # at most a couple of seconds of bookkeeping; the state is a few KB.
@@ -240,9 +203,7 @@ def tracking_callbacks(config: Config, experiment: str) -> list:
     """Ray Tune's logger callbacks for tune.tracking; both log every epoch a trial reports."""
     callbacks = []
     if "tensorboard" in config.tune.tracking:
-        from ray.tune.logger import TBXLoggerCallback
-
-        callbacks.append(TBXLoggerCallback())  # into each trial's directory, synced to the study's
+        callbacks.append(epoch_tensorboard_logger())  # into each trial's directory, synced to the study's
     if "mlflow" in config.tune.tracking:
         uri = mlflow_uri(config, experiment)
         if uri.startswith("sqlite:///"):
@@ -251,11 +212,23 @@ def tracking_callbacks(config: Config, experiment: str) -> list:
     return callbacks
 
 
+def epoch_tensorboard_logger():
+    """Ray's TBXLoggerCallback stepped by epoch: Tune's training_iteration starts again at 1 when a
+    trial's Train run is started again (a retry, --resume), which would log later epochs over earlier ones."""
+    from ray.tune.logger import TBXLoggerCallback
+    from ray.tune.result import TIMESTEPS_TOTAL
+
+    class EpochTBXLogger(TBXLoggerCallback):
+        def log_trial_result(self, iteration, trial, result):
+            super().log_trial_result(iteration, trial, {**result, TIMESTEPS_TOTAL: result.get("epoch", iteration)})
+
+    return EpochTBXLogger()
+
+
 def epoch_mlflow_logger(tracking_uri: str, experiment_name: str):
     """Ray's MLflowLoggerCallback (imported here: importing mlflow takes seconds), one MLflow run per
     trial. An epoch's metrics go in one batch (one write to a SQLite store, not one per metric),
-    stepped by epoch: a trial restarted by a retry or after a rung of tune.scheduler: sync counts
-    Tune's iterations from 1 again. A trial continued by --resume goes on in its run."""
+    stepped by epoch: a trial restarted by a retry or by --resume counts Tune's iterations from 1 again. A trial continued by --resume goes on in its run."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
     from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -302,8 +275,6 @@ def tracking_lines(config: Config, experiment: str) -> list[str]:
 # ---------------------------------------------------------------- the study
 
 def study_paths(config: Config) -> dict:
-    from arxivcls.rundir import storage_uri
-
     storage = storage_uri(config.train.storage_path)
     return {"storage": storage, "experiment": f"{storage.rstrip('/')}/{config.tune.study}",
             "results": Path(config.tune.results_dir) / config.tune.study,
@@ -333,8 +304,10 @@ def check_study(config: Config, paths: dict, resume: bool) -> dict:
     check_tracking(config, paths["experiment"])
     _check_writable(paths["results"].parent)
     model_dir = preflight(config)
-    checkpoints = config.tune.num_samples * (config.train.checkpoint_keep + 1) * checkpoint_bytes(model_dir)
-    return check_disk(paths["storage"], checkpoints, config.tune.min_free_disk_gb)
+    # before Ray starts the concurrency is not known: tune.max_concurrent, or every trial at once
+    kept = checkpoints_kept(config.tune.num_samples, config.train.checkpoint_keep,
+                            config.tune.max_concurrent or config.tune.num_samples)
+    return check_disk(paths["storage"], kept * checkpoint_bytes(model_dir), config.tune.min_free_disk_gb)
 
 
 def run_study(config: Config, resume: bool = False, address: str | None = None, evaluate: bool = True, log=print,
@@ -367,14 +340,13 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
         log(line)
     grid = make_tuner(config, trial, concurrency, paths, resume, log=log).fit()
 
-    prune_study_checkpoints(grid, paths["experiment"], config.train.checkpoint_keep, config.tune.metric, config.tune.mode)
-    default_id = RunDir(paths["experiment"], DEFAULT_TRIAL[0]).read(DEFAULT_TRIAL[1])
-    trials, history = collect_trials(grid, config, paths["experiment"], default_id)
+    default_id = read_default_trial(paths["experiment"])
+    trials, history = collect_trials(grid, config, default_id)
     if trials.empty or trials.best_metric.isna().all():
         raise UserError(f"no trial reported {config.tune.metric}; the trials' errors and logs are under {paths['experiment']}")
     if not trials.is_default.iloc[0]:
         raise UserError(f"the default configuration's trial did not finish; its error and logs are under {paths['experiment']}")
-    best = trials.dropna(subset=["best_metric"]).sort_values("best_metric", ascending=config.tune.mode == "min").iloc[0]
+    best = best_trial(trials, config.tune.mode)
     default = trials.iloc[0]
     models = {"tuned": export_model(best.best_checkpoint, str(paths["models"] / "tuned")),
               "default": export_model(default.best_checkpoint, str(paths["models"] / "default"))}
@@ -395,6 +367,26 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
         raise UserError(f"{len(failed)} of {len(trials)} trials failed ({', '.join(failed.trial_id)}); "
                         f"their errors and logs are under {paths['experiment']}/trial_driver_<id>/")
     return paths["results"]
+
+
+def read_default_trial(experiment: str) -> str | None:
+    import pyarrow.fs
+
+    from arxivcls.checkpoints import resolve_filesystem
+
+    fs, path = resolve_filesystem(f"{experiment.rstrip('/')}/{'/'.join(DEFAULT_TRIAL)}")
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def best_trial(trials: pd.DataFrame, mode: str):
+    """The best of the trials that finished (COMPLETE in Optuna: ran their epochs or stopped by
+    patience), as Optuna's best_trial; the best stopped trial only if none finished."""
+    scored = trials.dropna(subset=["best_metric"])
+    finished = scored[scored.status.isin(["completed", "stopped_by_patience"])]
+    return (finished if not finished.empty else scored).sort_values("best_metric", ascending=mode == "min", kind="stable").iloc[0]
 
 
 def load_warm_start(source: str, config: Config, paths: dict):

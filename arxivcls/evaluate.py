@@ -2,9 +2,11 @@
 
 The test split is read here and nowhere before. Models: `default` (the study's default-configuration
 trial), `tuned` (the best trial), `tuned+logit_adj` (post-hoc logit adjustment, Menon et al. 2021),
-the TF-IDF `baseline`, `ensemble` (tuned + baseline, arxivcls.ensemble), and any extra
-`--model NAME=PATH`. Every metric gets a bootstrap interval and every comparison a paired one
-(arxivcls.stats).
+the TF-IDF `baseline` (tuned by its own study on validation, arxivcls.baseline_search),
+`baseline_truncated` (that baseline refitted on the text the tuned transformer reads: the control
+that separates the model from the text), `ensemble` (tuned + baseline, arxivcls.ensemble), and any
+extra `--model NAME=PATH`. Every metric gets a bootstrap interval and every comparison a paired one
+(arxivcls.stats); every model's row says what it read of each paper (arxivcls.reading).
 """
 import dataclasses
 import json
@@ -127,8 +129,9 @@ def choose_tau(val_probs: np.ndarray, val_labels: np.ndarray, prior: np.ndarray,
 
 # ---------------------------------------------------------------- the stage
 
-PAIRS = [("tuned", "default"), ("tuned", "baseline"), ("ensemble", "baseline"), ("ensemble", "tuned"),
-         ("tuned+logit_adj", "tuned")]
+CONTROL = "baseline_truncated"  # the tuned baseline on the tuned transformer's text
+PAIRS = [("tuned", "default"), ("tuned", "baseline"), ("tuned", CONTROL), (CONTROL, "baseline"), ("ensemble", "baseline"),
+         ("ensemble", "tuned"), ("tuned+logit_adj", "tuned")]
 IDENTICAL_BECAUSE = {"default": "the default trial won", "tuned+logit_adj": "validation chose tau 0 (no adjustment)",
                      "ensemble": "validation gave one model all the weight"}
 
@@ -141,8 +144,14 @@ class Inference:
     num_actors: int
     precision: str
 
+    def length(self, model_dir: str) -> int:
+        """Where a model truncates: the length it was trained at (saved with its tokenizer), else data.max_length."""
+        from arxivcls.ensemble import trained_max_length
+
+        return trained_max_length(Path(model_dir)) or self.max_length
+
     def predict(self, model_dir: str, texts: list[str]) -> np.ndarray:
-        return predict_with_ray_data(model_dir, texts, self.max_length, self.batch_size, self.num_actors, self.precision)
+        return predict_with_ray_data(model_dir, texts, self.length(model_dir), self.batch_size, self.num_actors, self.precision)
 
 
 def read_study(results_dir: Path, extra_models: dict | None) -> tuple[dict, dict]:
@@ -174,11 +183,11 @@ def predict_models(models: dict, texts: list[str], inference: Inference, log) ->
     return probs, seconds
 
 
-def add_derived_models(probs: dict, seconds: dict, prepared, study: dict, inference: Inference, test_texts: list[str], log) -> dict:
-    """tuned+logit_adj, baseline and ensemble, each tuned on validation; what was chosen and saved."""
-    from arxivcls.baseline import fit_baseline
+def add_derived_models(probs: dict, seconds: dict, prepared, study: dict, inference: Inference, test_texts: list[str],
+                       log) -> tuple[dict, dict]:
+    """tuned+logit_adj, baseline, baseline_truncated and ensemble, each tuned on validation: what was
+    chosen and saved, and the baseline's tables (its trials)."""
     from arxivcls.ensemble import choose_weight, mix, save_ensemble
-    from arxivcls.files import atomic_directory
 
     eval_cfg, val = study["config"]["eval"], prepared.load_split("val")
     label_names = [prepared.id2label[i] for i in range(prepared.num_labels)]
@@ -190,24 +199,87 @@ def add_derived_models(probs: dict, seconds: dict, prepared, study: dict, infere
         chosen["logit_adjust_tau"] = choose_tau(val_tuned, val.label.to_numpy(), prior)
         probs["tuned+logit_adj"] = logit_adjust(probs["tuned"], prior, chosen["logit_adjust_tau"])
     if not eval_cfg.get("baseline", True):
-        return chosen
+        return chosen, {}
     train = prepared.load_split("train")
-    baseline = fit_baseline(train.text.tolist(), train.label.to_numpy(), prepared.num_labels, seed=study["config"]["data"]["seed"])
+    search, baseline = tuned_baseline(train, val, prepared.num_labels, study, log)
     started = time.perf_counter()
     probs["baseline"] = baseline.predict_proba(test_texts)
     seconds["baseline"] = time.perf_counter() - started
-    chosen["baseline_fit_seconds"] = baseline.fit_seconds
+    chosen.update(baseline_fit_seconds=baseline.fit_seconds, baseline_search_seconds=round(search.seconds, 2),
+                  baseline_trials=len(search.trials), baseline_params=dataclasses.asdict(baseline.params))
     models_dir = Path(study["models"]["tuned"]).parent
     with atomic_directory(models_dir / "baseline") as staging:
         baseline.save(staging, label_names)
+    if "tuned" in probs:
+        probs[CONTROL], chosen["control"] = truncated_control(baseline.params, study["models"]["tuned"],
+                                                              inference.length(study["models"]["tuned"]), train, val,
+                                                              test_texts, prepared.num_labels, study["config"]["data"]["seed"])
+        log(f"{CONTROL}: the tuned baseline refitted on the tuned transformer's text "
+            f"(its first {chosen['control']['max_length']} tokens, decoded)")
     if val_tuned is not None:
         weight = choose_weight(val_tuned, baseline.predict_proba(val.text.tolist()), val.label.to_numpy())
         probs["ensemble"] = mix(probs["tuned"], probs["baseline"], weight)
         with atomic_directory(models_dir / "ensemble") as staging:
-            save_ensemble(staging, models_dir / "tuned", models_dir / "baseline", weight, inference.max_length, inference.precision)
+            save_ensemble(staging, models_dir / "tuned", models_dir / "baseline", weight,
+                          inference.length(study["models"]["tuned"]), inference.precision)
         chosen.update(ensemble_weight=weight, ensemble_dir=str(models_dir / "ensemble"))
         log(f"ensemble: transformer weight {weight} chosen on validation macro F1 (test papers: {len(test_texts)})")
-    return chosen
+    return chosen, {"baseline_trials": search.trials}
+
+
+def tuned_baseline(train: pd.DataFrame, val: pd.DataFrame, num_classes: int, study: dict, log):
+    """The baseline's own study on the validation split, with the transformer study's objective;
+    then the best settings fitted on the training split."""
+    from arxivcls.baseline import fit_baseline
+    from arxivcls.baseline_search import SearchData, search_baseline
+    from arxivcls.config import BaselineConfig
+
+    config = study["config"]
+    baseline_cfg = {**dataclasses.asdict(BaselineConfig()), **config.get("baseline", {})}
+    data = SearchData(train.text.tolist(), train.label.to_numpy(), val.text.tolist(), val.label.to_numpy(), num_classes,
+                      config["data"]["seed"])
+    search = search_baseline(data, baseline_cfg, config["tune"]["metric"], config["tune"]["mode"], config["tune"]["seed"], log)
+    baseline = fit_baseline(data.train_texts, data.train_labels, num_classes, data.seed, search.best,
+                            calibration=(data.val_texts, data.val_labels))
+    return search, baseline
+
+
+def truncated_control(params, tokenizer_dir: str, max_length: int, train: pd.DataFrame, val: pd.DataFrame,
+                      test_texts: list[str], num_classes: int, seed: int) -> tuple[np.ndarray, dict]:
+    """The tuned baseline's settings fitted, calibrated and tested on exactly the text the transformer
+    reads of each paper: its tokenizer's first max_length tokens, decoded. (test probabilities, facts)"""
+    from arxivcls.baseline import fit_baseline
+    from arxivcls.models import load_tokenizer
+    from arxivcls.reading import transformer_reading
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    read = {name: transformer_reading(tokenizer, texts, max_length)[0]
+            for name, texts in (("train", train.text.tolist()), ("val", val.text.tolist()), ("test", list(test_texts)))}
+    control = fit_baseline(read["train"], train.label.to_numpy(), num_classes, seed, params,
+                           calibration=(read["val"], val.label.to_numpy()))
+    return control.predict_proba(read["test"]), {"name": CONTROL, "tokenizer": str(tokenizer_dir), "max_length": max_length,
+                                                 "fit_seconds": control.fit_seconds}
+
+
+def model_readings(models: dict, probs: dict, test_texts: list[str], inference: Inference) -> dict:
+    """model -> what it read of each test paper (arxivcls.reading)."""
+    from arxivcls.models import load_tokenizer
+    from arxivcls.reading import baseline_reading, transformer_reading
+
+    readings, read_texts = {}, {}
+    for name, model_dir in models.items():
+        read_texts[name], readings[name] = transformer_reading(load_tokenizer(model_dir), test_texts, inference.length(model_dir))
+    if "tuned+logit_adj" in probs:
+        readings["tuned+logit_adj"] = readings["tuned"]
+    if "baseline" in probs:
+        readings["baseline"] = baseline_reading(test_texts)
+    if CONTROL in probs:
+        tuned = readings["tuned"]
+        readings[CONTROL] = {**baseline_reading(read_texts["tuned"], tuned["read_truncated"]),
+                             "read_chars": tuned["read_chars"], "max_length": tuned["max_length"]}
+    if "ensemble" in probs:
+        readings["ensemble"] = {"parts": {"tuned": readings["tuned"], "baseline": readings["baseline"]}}
+    return readings
 
 
 def identical_models(probs: dict) -> dict:
@@ -295,6 +367,15 @@ def draw_plots(out_dir: Path, tables: dict, probs: dict, labels: np.ndarray, tri
     return drawn, absent
 
 
+def with_readings(comparison: pd.DataFrame, readings: dict) -> pd.DataFrame:
+    """The comparison with what each model read: read_tokens (its own unit: read_unit), read_chars
+    (per paper, mean), read_truncated (share of papers cut short); an ensemble's parts are in the report."""
+    columns = ["read_tokens", "read_unit", "read_chars", "read_truncated"]
+    table = pd.DataFrame({name: {c: readings.get(name, {}).get(c, "parts" if c == "read_unit" else np.nan) for c in columns}
+                          for name in comparison.index}).T
+    return comparison.join(table.astype({c: float for c in columns if c != "read_unit"}))
+
+
 def write_results(results_dir: Path, study: dict, tables: dict, probs: dict, test: pd.DataFrame, evaluation: dict) -> None:
     from arxivcls import report
 
@@ -309,6 +390,8 @@ def write_results(results_dir: Path, study: dict, tables: dict, probs: dict, tes
                                       "differences": tables["differences"], "categories": tables["categories"],
                                       "size_bins": tables["size_bins"], "confusion_pairs": tables["confusion_pairs"],
                                       "category_differences": tables["category_differences"]})
+        if "baseline_trials" in tables:  # settings such as alpha span decades: significant digits, as trials.csv
+            tables["baseline_trials"].to_csv(staging / "baseline_trials.csv", index=False, float_format="%.5g")
         predictions = pd.DataFrame({"id": test.id, "true": test.category})
         for name, p in probs.items():
             predictions[f"{name}_pred"] = [tables["label_names"][i] for i in tables["predicted"][name]]
@@ -319,8 +402,10 @@ def write_results(results_dir: Path, study: dict, tables: dict, probs: dict, tes
                                    optuna_storage=study.get("optuna_storage"))
         report.write_report_md(staging, {
             **tables, "study_name": study.get("study", results_dir.name), "comparison": comparison, "trials": trials,
-            "metric": study["config"]["tune"]["metric"], "identical": evaluation["identical"], "test_papers": len(test),
+            "metric": study["config"]["tune"]["metric"], "mode": study["config"]["tune"]["mode"],
+            "identical": evaluation["identical"], "test_papers": len(test),
             "plots": drawn, "absent_plots": absent, "baseline_fit_seconds": evaluation.get("baseline_fit_seconds"),
+            "baseline_search_seconds": evaluation.get("baseline_search_seconds"), "control": evaluation.get("control"),
             "study": {k: v for k, v in study.items() if k not in {"config", "models"}},
         })
 
@@ -341,12 +426,15 @@ def evaluate_study(results_dir, extra_models: dict | None = None, address: str |
     connect_ray(address, log=log)
     test = prepared.load_split("test")  # first and only read of the test split
     probs, seconds = predict_models(models, test.text.tolist(), inference, log)
-    chosen = add_derived_models(probs, seconds, prepared, study, inference, test.text.tolist(), log)
+    chosen, baseline_tables = add_derived_models(probs, seconds, prepared, study, inference, test.text.tolist(), log)
+    readings = model_readings(models, probs, test.text.tolist(), inference)
     identical = identical_models(probs)
     if "default" in study["models"] and "default" not in models:
         identical = {"default": ("tuned", IDENTICAL_BECAUSE["default"]), **identical}
     label_names = [prepared.id2label[i] for i in range(prepared.num_labels)]
     tables = compare(probs, test, label_names, prepared.train_counts, config["eval"]["top_k"], config["data"]["seed"])
+    tables["comparison"] = with_readings(tables["comparison"], readings)
+    tables.update(baseline_tables, readings=readings)
     evaluation = {"test_papers": len(test), "inference_seconds": seconds, **chosen, "models": models,
                   "identical": identical, "bootstrap": {"resamples": N_RESAMPLES, "seed": config["data"]["seed"]}}
     write_results(results_dir, study, tables, probs, test, evaluation)

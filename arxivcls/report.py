@@ -59,10 +59,16 @@ def with_interval(value: float, low: float, high: float) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def comparison_with_intervals(comparison: pd.DataFrame, intervals: pd.DataFrame | None) -> pd.DataFrame:
-    """The comparison table, each metric that has an interval written `value [low, high]`."""
+def comparison_with_intervals(comparison: pd.DataFrame, intervals: pd.DataFrame | None,
+                              readings: dict | None = None) -> pd.DataFrame:
+    """The comparison table, each metric that has an interval written `value [low, high]`, and with
+    `readings` (arxivcls.reading) what each model read of each paper."""
+    from arxivcls.reading import reading_text
+
     columns = [c for c in COMPARISON_COLUMNS if c in comparison] or list(comparison.columns)
     table = comparison[columns].astype(object)
+    if readings:
+        table.insert(0, "text_read", [reading_text(readings.get(model, {})) for model in table.index])
     if "inference_seconds" in table:
         table["inference_seconds"] = comparison.inference_seconds.map(lambda v: "n/a" if pd.isna(v) else f"{v:.1f}")
     if "mean_confidence" in table:
@@ -72,7 +78,7 @@ def comparison_with_intervals(comparison: pd.DataFrame, intervals: pd.DataFrame 
             if intervals is not None and model in intervals.index and f"{metric}_low" in intervals:
                 table.at[model, metric] = with_interval(comparison.at[model, metric], intervals.at[model, f"{metric}_low"],
                                                         intervals.at[model, f"{metric}_high"])
-    return table.rename(columns=LABELS)
+    return table.rename(columns={**LABELS, "text_read": "text read per paper"})
 
 
 def _difference_line(row) -> str:
@@ -116,14 +122,16 @@ def _small_class_line(size_bins) -> list[str]:
             + " (too few papers for intervals to separate them)."]
 
 
-def _cost_line(comparison: pd.DataFrame, study: dict, baseline_fit_seconds) -> list[str]:
+def _cost_line(comparison: pd.DataFrame, study: dict, baseline_fit_seconds, baseline_search_seconds=None) -> list[str]:
     parts = []
     if study.get("wall_seconds") is not None:
         parts.append(f"the study took {format_seconds(study['wall_seconds'])} for {study.get('num_trials', '?')} trials")
     if study.get("trials_by_status"):
         parts.append("trials by status: " + ", ".join(f"{k} {v}" for k, v in study["trials_by_status"].items()))
+    if baseline_search_seconds is not None:
+        parts.append(f"the baseline's study took {format_seconds(baseline_search_seconds)}")
     if baseline_fit_seconds is not None:
-        parts.append(f"the baseline fits in {format_seconds(baseline_fit_seconds)}")
+        parts.append(f"the tuned baseline fits in {format_seconds(baseline_fit_seconds)}")
     if "inference_seconds" in comparison:
         parts.append("test-set inference: " + ", ".join(f"{m} {format_seconds(s)}" for m, s in
                                                           comparison.inference_seconds.dropna().items()))
@@ -160,10 +168,69 @@ def conclusions(context: dict) -> list[str]:
                      "(cs, math, astro-ph, ...; aliases such as math.MP = math-ph and legacy codes mapped by the taxonomy).")
     lines += coverage_lines(context.get("coverage"), context.get("covered"))
     lines += [best_model_line(comparison, intervals, m, papers) for m in ("accuracy", "crosslist_accuracy", "macro_f1")]
+    lines += baseline_lines(context.get("baseline_trials"), context.get("metric", "metric"), context.get("mode", "max"))
+    lines += text_gap_lines(context.get("differences"), context.get("control"))
     lines += difference_lines(context.get("differences"), context.get("identical") or {})
     lines += _small_class_line(context.get("size_bins"))
-    lines += _cost_line(comparison, study, context.get("baseline_fit_seconds"))
+    lines += _cost_line(comparison, study, context.get("baseline_fit_seconds"), context.get("baseline_search_seconds"))
     return [line for line in lines if line]
+
+
+def _best_baseline_trial(trials: pd.DataFrame, metric: str, mode: str):
+    done = trials[trials.status == "completed"]
+    return None if done.empty else (done[metric].idxmin() if mode == "min" else done[metric].idxmax())
+
+
+def _setting(row, params: list[str]) -> str:
+    return ", ".join(f"{p[2:]}={row[p]:.3g}" if isinstance(row[p], float) else f"{p[2:]}={row[p]}" for p in params)
+
+
+def baseline_lines(trials: pd.DataFrame | None, metric: str, mode: str) -> list[str]:
+    """How the baseline was tuned and what won."""
+    if trials is None or trials.empty:
+        return []
+    best = _best_baseline_trial(trials, metric, mode)
+    params = [c for c in trials.columns if c.startswith("p_")]
+    line = (f"- The baseline (TF-IDF + linear) is tuned as the transformer is: {len(trials)} trials of Optuna TPE on the "
+            f"validation split, objective {metric}; trial 0 is its default settings ({metric} {trials[metric].iloc[0]:.4f}).")
+    if best is not None:
+        line += f" Best: trial {trials.trial[best]} ({metric} {trials[metric][best]:.4f}): {_setting(trials.loc[best], params)}."
+    return [line]
+
+
+def text_gap_lines(differences: pd.DataFrame | None, control: dict | None) -> list[str]:
+    """The tuned transformer against the tuned baseline at full text and at the transformer's own text."""
+    if differences is None or differences.empty or not control:
+        return []
+    rows = differences.set_index(["model", "reference", "metric"])
+    name = control["name"]
+
+    def said(model, reference, metric):
+        if (model, reference, metric) not in rows.index:
+            return None
+        row = rows.loc[(model, reference, metric)]
+        verdict = {"better": f"{model} better", "worse": f"{reference} better"}.get(row.verdict, row.verdict)
+        return f"{row.difference:+.3f} [{row.low:+.3f}, {row.high:+.3f}], {verdict}"
+    lines = []
+    for metric in ("accuracy", "macro_f1"):
+        full, equal, text = said("tuned", "baseline", metric), said("tuned", name, metric), said(name, "baseline", metric)
+        if full and equal:
+            lines.append(f"- Model or text ({LABELS[metric]}, paired 95% intervals): tuned vs baseline at full text {full}; "
+                         f"at the transformer's text (its first {control['max_length']} tokens, decoded), tuned vs {name} "
+                         f"{equal}" + (f"; the text alone, {name} vs baseline, {text}." if text else "."))
+    return lines
+
+
+def baseline_trial_table(trials: pd.DataFrame, metric: str, mode: str) -> str:
+    """Every baseline trial's settings, status, validation score and time."""
+    params = [c for c in trials.columns if c.startswith("p_")]
+    table = trials[["trial", "default", *params, "status", metric, "seconds"]].copy()
+    for p in params:
+        table[p] = table[p].map(lambda v: f"{v:.3g}" if isinstance(v, float) else v)
+    table["seconds"] = table.seconds.map(lambda v: f"{v:.2f}")
+    best = _best_baseline_trial(trials, metric, mode)
+    table["trial"] = [f"**{t}** (best)" if i == best else t for i, t in table.trial.items()]
+    return markdown_table(table.rename(columns={**{p: p[2:] for p in params}, "seconds": "s"}))
 
 
 def trial_table(trials: pd.DataFrame, metric: str) -> tuple[str, str]:
@@ -218,17 +285,30 @@ def coverage_sections(context: dict, unseen_shown: int = 15) -> list[str]:
     return md
 
 
+def control_note(control: dict | None) -> str:
+    if not control:
+        return ""
+    return (f"\n\n{control['name']}: the tuned baseline's settings fitted and tested on the text the tuned transformer reads "
+            f"of each paper (its tokenizer's first {control['max_length']} tokens, decoded); baseline: the same settings on "
+            "the whole text.")
+
+
 def write_report_md(out_dir, context: dict) -> str:
     comparison = context["comparison"]
     md = [f"# {context.get('study_name', 'study')}: arXiv primary-category classifiers", ""]
     md += ["## Conclusions", ""] + conclusions(context) + [""]
     md += _section(context.get("comparison_title", "Test-set comparison (95% bootstrap intervals)"),
-                   markdown_table(comparison_with_intervals(comparison, context.get("intervals")), index_name="model"))
+                   markdown_table(comparison_with_intervals(comparison, context.get("intervals"), context.get("readings")),
+                                  index_name="model") + control_note(context.get("control")))
     md += coverage_sections(context)
     trials = context.get("trials")
     if trials is not None and not trials.empty and "best_metric" in trials:
         table, best_line = trial_table(trials, context.get("metric", "metric"))
         md += _section("Trials", f"{best_line}\n\n{table}")
+    baseline_trials = context.get("baseline_trials")
+    if baseline_trials is not None and not baseline_trials.empty:
+        md += _section("Baseline trials (TF-IDF + linear; validation split, baseline_trials.csv)",
+                       baseline_trial_table(baseline_trials, context.get("metric", "metric"), context.get("mode", "max")))
     focus = "the tuned model" if context.get("focus", "tuned") == "tuned" else context["focus"]
     for key, title in (("size_bins", "Accuracy by category size (training papers per category)"),
                        ("confusion_pairs", f"Most frequent confusions of {focus}"),

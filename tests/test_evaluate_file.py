@@ -15,7 +15,7 @@ from arxivcls.data import normalize_rows
 from arxivcls import file_scoring
 from arxivcls.file_scoring import Scored, collect, open_papers_file, read_chunks
 
-LABELS_A = ["cs.CV", "cs.CL", "math.AP", "quant-ph"]  # cs.RO and stat.ML of the papers: never seen
+LABELS_A = ["cs.CV", "cs.CL", "math.AP", "quant-ph"]  # cs.RO and cs.LG of the papers: never seen
 LABELS_B = ["cs.CV", "cs.RO", "hep-th"]  # another label set; hep-th is in no paper
 
 
@@ -107,7 +107,8 @@ def test_bootstrap_draws_one_resample_at_a_time_the_same_seeded_rows():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 4, size=120)
     papers = {m: stats.point_metrics(labels, rng.dirichlet(np.ones(4), size=120), 3) for m in ("a", "b")}
-    rows = np.random.default_rng(7).integers(0, 120, size=(50, 120))  # all resamples at once: the same draws
+    rows = list(stats.stratified_resamples(labels, 50, seed=7))  # drawn again, all at once: the same rows
+    assert all(np.array_equal(np.bincount(labels[r], minlength=4), np.bincount(labels, minlength=4)) for r in rows)
     for name, frame in stats.bootstrap(papers, n_resamples=50, seed=7).items():
         pd.testing.assert_frame_equal(frame, pd.DataFrame([stats.scores(papers[name], r) for r in rows]))
 
@@ -243,8 +244,8 @@ def test_unseen_categories_are_counted_kept_and_wrong(evaluated):
     assert coverage.loc["b", "covered_papers"] == counts[["cs.CV", "cs.RO"]].sum() == 100
     assert coverage.loc["baseline", "covered_papers"] == 300 and coverage.loc["a", "papers"] == 300
     unseen = pd.read_csv(out / "unseen_categories.csv")
-    assert unseen[unseen.model == "a"].set_index("category").papers.to_dict() == {"cs.RO": 50, "stat.ML": 50}
-    assert set(unseen[unseen.model == "b"].category) == {"cs.CL", "math.AP", "quant-ph", "stat.ML"}
+    assert unseen[unseen.model == "a"].set_index("category").papers.to_dict() == {"cs.RO": 50, "cs.LG": 50}
+    assert set(unseen[unseen.model == "b"].category) == {"cs.CL", "math.AP", "quant-ph", "cs.LG"}
     predictions = pd.read_parquet(out / "predictions.parquet")
     unseen_a = ~predictions.true.isin(LABELS_A)
     assert unseen_a.sum() == 100 and (predictions.a_pred[unseen_a] != predictions.true[unseen_a]).all()

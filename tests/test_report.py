@@ -75,7 +75,7 @@ def test_report_states_intervals_and_paired_verdicts(tmp_path):
     assert "ahead of" not in text and "beats" not in text  # no win without its interval
     assert "0.760 [0.730, 0.790] | 0.350 [0.320, 0.380] | 0.7400" in text  # comparison row: accuracy, macro F1 first
     assert "the study took 60.0 min for 8 trials" in text and "trials by status: completed 3, stopped_by_asha 5" in text
-    assert "the baseline fits in 12.0 s" in text
+    assert "the tuned baseline fits in 12.0 s" in text
     assert "![size_bins](size_bins.png)" in text
     assert "- param importance: not drawn: parameter importance needs at least 8 trials." in text
 
@@ -186,3 +186,32 @@ def test_param_importance_is_drawn_only_from_enough_full_budget_trials():
     stopped = trials(12).assign(status=["completed"] * 6 + ["stopped_by_asha"] * 6)
     assert "this study has 6" in importance_absent_reason(stopped)
     assert importance_absent_reason(trials(8)) is None
+
+
+def test_report_states_what_each_model_read_the_baseline_trials_and_both_gaps(tmp_path):
+    ctx = context([0.70, 0.74, 0.76], [0.40, 0.30, 0.35], {"baseline": 0.5, "default": 0.1, "tuned": 0.2})
+    ctx["comparison"] = pd.concat([ctx["comparison"], ctx["comparison"].loc[["baseline"]].rename(index={"baseline": "baseline_truncated"})])
+    ctx["readings"] = {"tuned": {"read_tokens": 95.1, "read_unit": "tokens", "read_chars": 478.2, "read_truncated": 0.968,
+                                 "max_length": 96},
+                       "baseline": {"read_tokens": 181.0, "read_unit": "words", "read_chars": 1316.0, "read_truncated": 0.0}}
+    ctx["control"] = {"name": "baseline_truncated", "max_length": 96}
+    ctx["differences"] = differences([
+        ("tuned", "baseline", "macro_f1", -0.05, -0.09, -0.01, "worse"),
+        ("tuned", "baseline_truncated", "macro_f1", 0.01, -0.03, 0.05, "no significant difference"),
+        ("baseline_truncated", "baseline", "macro_f1", -0.06, -0.10, -0.02, "worse"),
+    ])
+    ctx["metric"], ctx["mode"] = "val_macro_f1", "max"
+    ctx["baseline_trials"] = pd.DataFrame({"trial": [0, 1], "default": [True, False], "p_classifier": ["logistic", "svm"],
+                                           "p_alpha": [5e-6, 1.2e-4], "status": ["completed"] * 2,
+                                           "val_macro_f1": [0.69, 0.75], "seconds": [1.79, 0.61]})
+    text = write_report_md(tmp_path, ctx)
+    assert "95.1 tokens, 478 chars; 97% cut at 96 tokens" in text
+    assert "| 181.0 words, 1316 chars " in text and "text read per paper" in text
+    assert ("- Model or text (macro F1, paired 95% intervals): tuned vs baseline at full text -0.050 [-0.090, -0.010], "
+            "baseline better; at the transformer's text (its first 96 tokens, decoded), tuned vs baseline_truncated "
+            "+0.010 [-0.030, +0.050], no significant difference; the text alone, baseline_truncated vs baseline, "
+            "-0.060 [-0.100, -0.020], baseline better.") in text
+    assert "Model or text (accuracy" not in text  # no accuracy differences given: nothing said about them
+    assert ("2 trials of Optuna TPE on the validation split, objective val_macro_f1; trial 0 is its default settings "
+            "(val_macro_f1 0.6900). Best: trial 1 (val_macro_f1 0.7500): classifier=svm, alpha=0.00012.") in text
+    assert "## Baseline trials" in text and "| **1** (best) | False     | svm" in text and "| 1.79 " in text

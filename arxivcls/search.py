@@ -107,9 +107,12 @@ class BudgetAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id, result=None, error=False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        if result and not error and stopped_by_scheduler(result):
-            if self.metric in result:  # Tune does not pass a STOPped trial's last result to on_trial_result
+        if result and not error and self.metric in result:
+            # Tune does not pass the result a scheduler stops on (ASHA also stops at max_t) to on_trial_result
+            with warnings.catch_warnings():  # "already reported": the step of a result that was passed
+                warnings.simplefilter("ignore", UserWarning)
                 self.on_trial_result(trial_id, result)
+        if result and not error and stopped_by_scheduler(result):
             self._ot_study.tell(self._ot_trials[trial_id], None, state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return

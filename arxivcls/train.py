@@ -106,7 +106,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     start_epoch, best, bad_epochs, trained_epochs = 0, None, 0, 0
     if saved:
         if saved["epoch"] >= train.epochs or saved["bad_epochs"] >= train.patience:
-            # a finished run started again (its study resumed): its last result once more, nothing retrained
+            if rank == 0:  # a finished run started again (its study resumed)
+                worker_print("its run had finished: its last result again, nothing retrained")
             ray.train.report(saved["metrics"])
             return
         optimizer.load_state_dict(saved["optimizer"])

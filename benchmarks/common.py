@@ -278,7 +278,7 @@ class _Instrumented:
 
         import arxivcls.metrics
         import arxivcls.models
-        import arxivcls.train as loop
+        import arxivcls.steps as loop  # the worker loop's batches are collated there
 
         ev = {"entry": time.time(), "process_group": torch.distributed.is_initialized(), "collate": [], "loss": [],
               "load_model": [], "prepare_model": [], "val_end": [], "report": []}

@@ -14,16 +14,11 @@ BERT whose WordPiece vocabulary is trained on those papers, max_length 128):
       point first) + ASHA (max_t = the epoch budget; grace 2, reduction factor 3 by default, chosen
       by replaying early stopping on (a)'s curves of seeds 1 and 2, measured on seeds 3 and 4),
       patience 2 (the package default), trials of 1 CPU each, as many at a time as fit (2 here)
-  (c) the same study with tune.scheduler: sync, synchronous successive halving (arxivcls.halving):
-      trials pause at each rung until all have reached it; grace 2, reduction factor 2 by default
-      (the setting the replays of (a)'s curves favour; with 8 trials it spends at most
-      8x2 + 4x2 + 2x4 = 32 of 64 epochs before patience, plus any epochs a resumed trial redoes)
 
-Epochs are counted as trained: for (b) and (c) study.json's trained_epochs, which includes epochs
-a trial resumed after a pause redoes (from its newest checkpoint, when the rung epoch was not its best).
+Epochs are counted as trained: for (b) study.json's trained_epochs.
 
 All read the same tokenized data (prepared and tokenized once per seed). Each seed runs the
-approaches back to back in one process; the order alternates between seeds (a b c, then c b a).
+approaches back to back in one process; the order alternates between seeds (a b, then b a).
 """
 import argparse
 import dataclasses
@@ -111,7 +106,7 @@ def plain_optuna(config, inputs, seed: int, cpus: int) -> dict:
     space = config.tune.search_space
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, config.tune.num_samples)))
-    study.enqueue_trial(default_point(space, config.train))
+    study.enqueue_trial(default_point(space, config))
     epochs_run, accuracy, curves, params_list = [], {}, [], []
 
     def objective(trial):
@@ -222,8 +217,7 @@ def main(argv=None):
     parser.add_argument("--seeds", default="3,4")
     parser.add_argument("--grace", type=int, default=2, help="(b)'s ASHA grace period in epochs")
     parser.add_argument("--reduction-factor", type=int, default=3, help="(b)'s ASHA reduction factor")
-    parser.add_argument("--sync-reduction-factor", type=int, default=2, help="(c)'s reduction factor (grace as (b))")
-    parser.add_argument("--approaches", default="a,b,c", help="which of a, b, c to run (a is needed)")
+    parser.add_argument("--approaches", default="a,b", help="which of a, b to run (a is needed)")
     parser.add_argument("--per-class", type=int, default=300, help="papers per category (8 categories)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--cpus", type=int, default=2, help="the local Ray cluster's CPUs")
@@ -232,7 +226,7 @@ def main(argv=None):
 
     from arxivcls.inputs import prepare_inputs
 
-    report = Report(NAME, "HPO efficiency: plain sequential Optuna vs arxivcls's studies (OptunaSearch + ASHA, OptunaSearch + synchronous halving)")
+    report = Report(NAME, "HPO efficiency: plain sequential Optuna vs arxivcls's study (OptunaSearch + ASHA)")
     rows, pairs, replays, same_rows = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-hpo-") as tmp, local_ray(num_cpus=args.cpus):
         workdir = Path(tmp)
@@ -242,7 +236,7 @@ def main(argv=None):
             config = base_config(papers, tiny, workdir, args, seed)
             inputs = prepare_inputs(config, log=lambda *a: None)  # tokenized once; all approaches reuse it
             split_sizes = inputs.prepared.meta["split_sizes"]
-            chosen = [a for a in "abc" if a in args.approaches.split(",")]
+            chosen = [a for a in "ab" if a in args.approaches.split(",")]
             order = chosen if i % 2 == 0 else chosen[::-1]
             result = {}
             for approach in order:
@@ -251,13 +245,8 @@ def main(argv=None):
                     result["a"] = plain_optuna(config, inputs, seed, args.a_cpus)
                 elif approach == "b":
                     result["b"] = arxivcls_study(config, workdir, "(b) arxivcls study, OptunaSearch + ASHA")
-                else:
-                    sync = dataclasses.replace(config, tune=dataclasses.replace(
-                        config.tune, study=f"{config.tune.study}-sync", scheduler="sync",
-                        reduction_factor=args.sync_reduction_factor))
-                    result["c"] = arxivcls_study(sync, workdir, "(c) arxivcls study, OptunaSearch + synchronous halving")
                 print({k: v for k, v in result[approach].items() if k not in ("curves", "params")}, flush=True)
-            studies = [k for k in ("b", "c") if k in result]
+            studies = [k for k in ("b",) if k in result]
             for key in studies:
                 # Which configuration won: one (a) also trained, or one only this study's sampler proposed?
                 matches = [n + 1 for n, params in enumerate(result["a"]["params"]) if same(params, result[key]["best params"])]
@@ -286,8 +275,7 @@ def main(argv=None):
                f"the papers), max_length {args.max_length}. {args.trials} trials per approach, epoch budget "
                f"{args.epochs}, seeds {args.seeds} (TPE sampler seed and training seed); (a) {args.a_cpus} CPU(s) per trial, (b) and (c) 1 "
                f"CPU per trial, as many at a time as fit; (b)'s ASHA grace period "
-               f"{args.grace}, reduction factor {args.reduction_factor}; (c)'s synchronous halving grace period "
-               f"{args.grace}, reduction factor {args.sync_reduction_factor}. Objective: best validation "
+               f"{args.grace}, reduction factor {args.reduction_factor}. Objective: best validation "
                f"macro F1 over a trial's epochs. Epochs of (b) and (c) are the epochs trained, redone ones included.\n")
     report.add("Search space (all approaches): " + "; ".join(
         f"{k} {v['type']} " + (str(v['values']) if 'values' in v else f"[{v['low']:g}, {v['high']:g}]") for k, v in SPACE.items())

@@ -147,7 +147,6 @@ def arxivcls_run(label, model_dir, id2label, token_lists, labels, *, args, workd
     from arxivcls.config import TrainConfig
     from arxivcls.features import TokenizedSplit
     from arxivcls.inputs import TrialInputs
-    from arxivcls.rundir import last_reported_metrics
     from arxivcls.train import build_trainer
 
     with local_ray(num_cpus=args.cpus) as cluster:
@@ -171,7 +170,7 @@ def arxivcls_run(label, model_dir, id2label, token_lists, labels, *, args, workd
     # start of step warmup+1 .. start of validation: wall s, the worker's CPU s, the machine's busy CPU s
     first, last = collates[args.warmup], collates[steps]
     row = summarize(label, timed, last[0] - first[0], last[4] - first[4], last[5] - first[5], total_seconds=total)
-    row["reported train_papers_per_s"] = float(last_reported_metrics(train.storage_path, "bench-train-throughput")["train_papers_per_s"])
+    row["reported train_papers_per_s"] = float(result.metrics["train_papers_per_s"])
     row["ray init s"] = cluster["init_seconds"]
     return row
 

@@ -26,9 +26,9 @@ def test_optuna_holds_each_trial_as_the_study_ends_it(tmp_path):
     searcher.on_trial_result("b", result(1, 0.3, 0.3))
     searcher.on_trial_result("b", result(2, 0.25, 0.3, stopped_by_patience=1))
     searcher.on_trial_complete("b", result(2, 0.25, 0.3, stopped_by_patience=1))
-    for epoch, f1 in ((1, 0.4), (2, 0.6), (3, 0.5)):  # a Train run started again counts training_iteration from 1
-        searcher.on_trial_result("c", result(epoch, f1, max(0.4, f1 if epoch < 3 else 0.6)))
-    searcher.on_trial_complete("c", result(3, 0.5, 0.6))
+    for epoch, f1 in ((1, 0.4), (2, 0.6)):  # a Train run started again counts training_iteration from 1
+        searcher.on_trial_result("c", result(epoch, f1, max(0.4, f1)))
+    searcher.on_trial_complete("c", result(3, 0.5, 0.6))  # ASHA stops a trial at max_t: its last epoch comes only here
     searcher.on_trial_complete("d", None, error=True)
 
     trials = {t.user_attrs["ray_trial_id"]: t for t in searcher._ot_study.get_trials()}

@@ -7,7 +7,7 @@ import pytest
 
 from arxivcls.config import Config, DataConfig, ModelConfig, TrainConfig
 from arxivcls.inputs import prepare_inputs
-from arxivcls.rundir import best_checkpoint, export_model, last_reported_metrics
+from arxivcls.checkpoints import best_checkpoint, export_model
 from arxivcls.train import build_trainer
 
 pytestmark = pytest.mark.slow
@@ -28,16 +28,17 @@ def test_tiny_bert_lowers_validation_loss_and_saves_hf_checkpoint(ray_local, pap
     config = tiny_config(papers_file, tiny_bert, tmp_path, checkpoint_keep=3)
     inputs = prepare_inputs(config, log=lambda *_: None)
     result = build_trainer(inputs.trial, name="tiny").fit()
-    checkpointed = result.metrics_dataframe.sort_values("epoch")  # one row per checkpoint: the improving epochs
-    assert checkpointed.epoch.iloc[0] == 1 and checkpointed.val_macro_f1.is_monotonic_increasing
-    last = last_reported_metrics(config.train.storage_path, "tiny")
+    epochs = result.metrics_dataframe.sort_values("epoch")  # one row per epoch
+    assert epochs.epoch.tolist() == [1, 2, 3]
+    last = result.metrics
     assert last["epoch"] == 3
-    assert last["val_loss"] < checkpointed.val_loss.iloc[0] - 0.05
+    assert last["val_loss"] < epochs.val_loss.iloc[0] - 0.05
     assert last["val_accuracy"] > 1.5 / inputs.prepared.num_labels  # better than chance
-    for key in ("val_macro_f1", "val_weighted_f1", "val_macro_precision", "val_weighted_recall", "train_loss"):
+    for key in ("val_macro_f1", "val_weighted_f1", "val_macro_precision", "val_weighted_recall", "train_loss", "node_ip"):
         assert key in last
 
     checkpoint, value = best_checkpoint(result, "val_macro_f1", "max")
+    assert value == pytest.approx(epochs.val_macro_f1.max())
     exported = Path(export_model(checkpoint.path, str(tmp_path / "model")))
     assert (exported / "model.safetensors").is_file() and not (exported / "training_state.pt").exists()
     model = AutoModelForSequenceClassification.from_pretrained(exported)
@@ -48,10 +49,9 @@ def test_tiny_bert_lowers_validation_loss_and_saves_hf_checkpoint(ray_local, pap
 def test_patience_stops_a_run_that_does_not_improve(ray_local, papers_file, tiny_bert, tmp_path):
     config = tiny_config(papers_file, tiny_bert, tmp_path, learning_rate=1e-9, epochs=6, patience=2, metric="val_loss", mode="min")
     inputs = prepare_inputs(config, log=lambda *_: None)
-    build_trainer(inputs.trial, name="patience").fit()
+    result = build_trainer(inputs.trial, name="patience").fit()
     # lr ~0: the loss barely moves; it "improves" by float noise at most once or twice, then stops early
-    last = last_reported_metrics(config.train.storage_path, "patience")
-    assert last["stopped_by_patience"] == 1 and last["epoch"] < 6
+    assert result.metrics["stopped_by_patience"] == 1 and result.metrics["epoch"] < 6
 
 
 class EpochsToFile:
@@ -68,25 +68,26 @@ class EpochsToFile:
         return _Recorder()
 
 
-def test_only_improving_epochs_are_checkpointed_and_a_restart_does_not_report_epochs_again(
+def test_ray_keeps_the_best_and_the_latest_and_a_restarted_run_goes_on_from_the_latest(
         ray_local, papers_file, tiny_bert, tmp_path):
-    # lr ~0: predictions never change, so macro F1 improves at epoch 1 only
-    config = tiny_config(papers_file, tiny_bert, tmp_path, learning_rate=1e-9, epochs=3, patience=10)
+    # lr ~0: predictions never change, so macro F1 is best at epoch 1 (later ties rank below it only by Ray's order)
+    config = tiny_config(papers_file, tiny_bert, tmp_path, learning_rate=1e-9, epochs=3, patience=10, metric="val_loss", mode="min")
     inputs = prepare_inputs(config, log=lambda *_: None)
     reports = tmp_path / "reports.txt"
-    build_trainer(inputs.trial, name="redo", callbacks=[EpochsToFile(reports)]).fit()
-    assert reports.read_text().split("\n")[:3] == ["1 1", "2 0", "3 0"]
-    run = tmp_path / "runs" / "redo"
-    assert len(list(run.glob("checkpoint_2*"))) == 1  # Ray's "latest" is the best: keep=1 on disk, not 2
-    assert last_reported_metrics(config.train.storage_path, "redo")["epoch"] == 3
+    first = build_trainer(inputs.trial, name="redo", callbacks=[EpochsToFile(reports)]).fit()
+    assert reports.read_text().split("\n")[:3] == ["1 1", "2 1", "3 1"]  # every epoch reported with its checkpoint
+    checkpoints = lambda: sorted(p.name for p in (tmp_path / "runs" / "redo").glob("checkpoint_2*") if p.is_dir())
+    on_disk = checkpoints()
+    assert len(on_disk) <= 2  # checkpoint_keep=1: the best, and the latest to resume from
+    assert first.checkpoint.path.endswith(on_disk[-1])  # the latest is kept
 
-    # The same run started again (as Ray Train does after a failure) with one more epoch: it
-    # resumes from epoch 1's checkpoint, redoes epochs 2-3 without reporting them, reports epoch 4.
+    # The same run started again (as Ray Train does after a failure, or Tune for a retried trial)
+    # with one more epoch: it resumes after epoch 3 and reports epoch 4 only.
     longer = dataclasses.replace(config.train, epochs=4)
-    build_trainer(dataclasses.replace(inputs.trial, train=longer), name="redo", callbacks=[EpochsToFile(reports)]).fit()
-    assert reports.read_text().split() == ["1", "1", "2", "0", "3", "0", "4", "0"]
-    last = last_reported_metrics(config.train.storage_path, "redo")
-    assert last["epoch"] == 4 and last["stopped_by_patience"] == 0
+    second = build_trainer(dataclasses.replace(inputs.trial, train=longer), name="redo", callbacks=[EpochsToFile(reports)]).fit()
+    assert reports.read_text().split() == ["1", "1", "2", "1", "3", "1", "4", "1"]
+    assert second.metrics["epoch"] == 4 and second.metrics["trained_epochs"] == 4
+    assert len(checkpoints()) <= 2
 
 
 def test_arxivcls_train_on_a_model_served_as_pickled_weights(ray_local, papers_file, tiny_bert, tmp_path):

@@ -72,6 +72,16 @@ def max_trial_epochs(num_trials: int, max_epochs: int) -> int:
     return num_trials * max_epochs
 
 
+def halving_trial_epochs(num_trials: int, max_epochs: int, grace_period: int, reduction_factor: int) -> int:
+    """Trial-epochs when each of ASHA's rungs (grace, grace x rf, ... below max_epochs) keeps
+    ceil(n / reduction_factor) of all trials: about what ASHA spends once its rungs have filled."""
+    alive, spent, reached, rung = num_trials, 0, 0, grace_period
+    while rung < max_epochs:
+        spent += alive * (rung - reached)
+        alive, reached, rung = math.ceil(alive / reduction_factor), rung, rung * reduction_factor
+    return spent + alive * (max_epochs - reached)
+
+
 def sample_token_lengths(prepared, tokenizer, seed: int) -> np.ndarray:
     """Untruncated token counts of up to TOKEN_SAMPLE training papers."""
     from arxivcls.features import tokenize_texts
@@ -286,6 +296,7 @@ def plan_study(config: Config, resources: Resources | None = None, address: str 
         "resources": dataclasses.asdict(resources), "trial_resources": trial_resources(train),
         "trials": tune.num_samples, "concurrency": concurrency,
         "max_epochs": max_epochs, "max_trial_epochs": trial_epochs,
+        "halving_trial_epochs": halving_trial_epochs(tune.num_samples, max_epochs, tune.grace_period, tune.reduction_factor),
         "checkpoint_gb": checkpoint / 1e9,
         "disk_gb": checkpoints_kept(tune.num_samples, train.checkpoint_keep, concurrency) * checkpoint / 1e9,
         "papers_per_s_per_worker": throughput, "throughput_source": source,
@@ -314,8 +325,9 @@ def format_plan(plan: dict, config: Config) -> str:
         f"resources ({r['source']}): CPU {r['cpus']:g}, GPU {r['gpus']:g} on {r['nodes']} node(s); one trial holds "
         + ", ".join(f"{k}={v:g}" for k, v in plan["trial_resources"].items()),
         f"trials: {plan['trials']}, {plan['concurrency']} at a time",
-        f"trial-epochs at most: {plan['max_trial_epochs']} ({plan['max_epochs']} epochs per trial; ASHA with grace "
-        f"{config.tune.grace_period} and reduction factor {config.tune.reduction_factor} may run any trial to the end)",
+        f"trial-epochs at most: {plan['max_trial_epochs']} ({plan['trials']} trials x {plan['max_epochs']} epochs: ASHA "
+        f"may run any trial to the end); halving all trials at each rung (grace {config.tune.grace_period}, reduction "
+        f"factor {config.tune.reduction_factor}) spends {plan['halving_trial_epochs']}, about what ASHA spends in practice",
         f"checkpoint disk: {plan['checkpoint_gb']:.2f} GB per checkpoint (weights + AdamW moments); "
         f"the preflight budgets {plan['disk_gb']:.1f} GB",
         f"throughput: {plan['papers_per_s_per_worker']:.1f} training papers/s per worker ({plan['throughput_source']})",

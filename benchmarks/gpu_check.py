@@ -77,7 +77,7 @@ NOTES = {
     "training": "A step is arxivcls.steps.forward_backward + optimizer_step (fused AdamW, gradient clipping). "
                 "tokens/s counts real tokens; TFLOP/s the model FLOPs of the padded batches computed "
                 "(arxivcls.plan.train_flops: per token 6 x matmul parameters + 12 x layers x hidden x width), "
-                "against the chip's dense bf16 peak also for fp32; fp32 is torch's default (no TF32). "
+                "against the chip's dense bf16 peak also for fp32 (its matmuls: see versions). "
                 "x original: papers/s over the original recipe's. warm-up s includes compiling.",
     "inference": "per paper: the original evaluation, one paper at a time, tokenized and padded to max_length in "
                  "the loop; batched: arxivcls.steps.predict_proba, its tokenizing included. Papers: the first N of "
@@ -205,7 +205,10 @@ class Bench:
 
         model = load_classifier(str(self.model_dir), self.id2label)
         if model.config._attn_implementation != attention:
-            model.set_attn_implementation(attention)
+            try:
+                model.set_attn_implementation(attention)
+            except AttributeError:  # a transformers without it reads the config at each forward
+                model.config._attn_implementation = attention
         return model.to(self.device)
 
     def sync(self) -> None:
@@ -334,7 +337,7 @@ def train_original(bench: Bench) -> float | None:
         pad = lambda rows: {k: v.to(bench.device) for k, v in collate(split, rows, pad_to_multiple=args.max_length).items()}
         figures = time_training(bench, model, original_batches(len(split)), pad,
                                 [np.arange(ORIGINAL_BATCH)] * args.warmup_steps, amp_dtype=None)
-        return {**figures, "speedup": 1.0}
+        return {**figures, "attention": model.config._attn_implementation, "speedup": 1.0}
 
     row = bench.measure("training", row, measurement, need_s=args.seconds)
     return row["papers_per_s"] if row["status"].startswith("ok") else None
@@ -474,7 +477,8 @@ def versions() -> dict:
     import transformers
 
     return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda or "none",
-            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+            "fp32 matmuls": "TF32 on" if torch.backends.cuda.matmul.allow_tf32 else "TF32 off"}
 
 
 def parse_args(argv):

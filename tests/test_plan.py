@@ -9,15 +9,19 @@ import pytest
 from arxivcls.cli import main
 from arxivcls.config import TrainConfig, load_config
 from arxivcls.errors import UserError
-from arxivcls.plan import (declared_resources, length_stats, max_trial_epochs, measured_gpu_throughput, plan_study,
-                           searched_max_lengths, train_flops)
+from arxivcls.plan import (declared_resources, halving_trial_epochs, length_stats, max_trial_epochs,
+                           measured_gpu_throughput, plan_study, searched_max_lengths, train_flops)
 
 COMMITTED_STUDY = Path("results/cpu/study.json")  # the README's main command, committed
 BERT_BASE = {"matmul_parameters": 85_000_000, "layers": 12, "hidden": 768}
 
 
-def test_asha_may_run_every_trial_to_the_end():
+def test_asha_may_run_every_trial_to_the_end_and_halving_at_its_rungs_spends_less():
     assert max_trial_epochs(6, 3) == 18
+    # 6 trials of 3 epochs, rungs at 1 and 2: 6, then 3, then 2 trials one epoch each
+    assert halving_trial_epochs(6, 3, grace_period=1, reduction_factor=2) == 11
+    assert halving_trial_epochs(16, 4, grace_period=1, reduction_factor=3) == 16 + 6 * 2 + 2 * 1  # rungs 1 and 3
+    assert halving_trial_epochs(4, 2, grace_period=2, reduction_factor=2) == 8  # no rung below the budget
 
 
 def test_declared_cluster_must_fit_a_worker_on_one_node():

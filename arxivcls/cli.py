@@ -9,27 +9,17 @@ import sys
 from arxivcls.errors import UserError
 
 
-def _config(args):
-    from arxivcls.config import load_config
+def _config(args, **overrides):
+    from arxivcls.api import study_config
 
-    overrides = list(args.set or [])
-    if getattr(args, "data", None):
-        overrides.append(f"data.path={args.data}")
-    return load_config(args.config, overrides)
+    return study_config(args.config, getattr(args, "data", None), overrides, args.set or [])
 
 
 def cmd_prepare(args) -> None:
-    from arxivcls.config import load_config
     from arxivcls.data import describe, prepare
 
-    overrides = [f"data.path={args.data}"]
-    if args.min_per_class is not None:
-        overrides.append(f"data.min_per_class={args.min_per_class}")
-    if args.max_papers is not None:
-        overrides.append(f"data.max_papers={args.max_papers}")
-    if args.cache_dir:
-        overrides.append(f"data.cache_dir={args.cache_dir}")
-    config = load_config(args.config, overrides + list(args.set or []))
+    options = {"data.min_per_class": args.min_per_class, "data.max_papers": args.max_papers, "data.cache_dir": args.cache_dir}
+    config = _config(args, **{key: value for key, value in options.items() if value is not None})
     print(describe(prepare(config.data)))
 
 
@@ -40,23 +30,16 @@ def cmd_train(args) -> None:
 
 
 def cmd_tune(args) -> None:
-    from arxivcls.tuning import run_study
+    from arxivcls.api import tune
 
-    run_study(_config(args), resume=args.resume, address=args.address, warm_start=args.warm_start)
+    tune(_config(args), resume=args.resume, warm_start=args.warm_start, address=args.address, worker_output=True)
 
 
 def cmd_plan(args) -> None:
-    from arxivcls.plan import declared_resources, format_plan, plan_study
+    from arxivcls.api import plan
 
-    config = _config(args)
-    declared = args.gpus is not None or args.cpus is not None or args.nodes is not None
-    if declared and args.address:
-        raise UserError("give either --address (a running cluster) or --gpus/--cpus/--nodes (a declared one), not both")
-    if args.papers_per_s is not None and args.papers_per_s <= 0:
-        raise UserError("--papers-per-s must be > 0")
-    resources = declared_resources(args.cpus, args.gpus, args.nodes or 1, config.train) if declared else None
-    plan = plan_study(config, resources, address=args.address, papers_per_s=args.papers_per_s)
-    print(format_plan(plan, config))
+    print(plan(_config(args), address=args.address, cpus=args.cpus, gpus=args.gpus, nodes=args.nodes,
+               papers_per_s=args.papers_per_s, gpu_figures=args.gpu_figures))
 
 
 def cmd_evaluate(args) -> None:
@@ -102,12 +85,13 @@ SHOW_DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
 
 def add_prepare(sub) -> None:
     p = sub.add_parser("prepare", formatter_class=SHOW_DEFAULTS, help="validate, filter and split a papers file (cached)")
-    p.add_argument("--data", required=True, help="papers file: .csv, .parquet or .jsonl")
+    p.add_argument("config", nargs="?", help="study config whose data section applies, e.g. tune/cpu.yaml "
+                                             "(default: the built-in one, data.path data/arxiv_sample.parquet)")
+    p.add_argument("--data", help="papers file: .csv, .parquet or .jsonl (overrides data.path)")
     p.add_argument("--min-per-class", type=int, help="drop categories with fewer papers (data.min_per_class: 5)")
     p.add_argument("--max-papers", type=int, help="stratified sample size (data.max_papers: all)")
     p.add_argument("--cache-dir", help="where the prepared splits are written; train/tune find them there by content "
                                        "(data.cache_dir: .cache/arxivcls)")
-    p.add_argument("--config", help="optional YAML config for the other data options")
     p.add_argument("--set", action="append", metavar="section.key=value", help="override a config value")
     p.set_defaults(func=cmd_prepare)
 
@@ -139,13 +123,15 @@ def add_plan(sub) -> None:
     p.add_argument("--nodes", type=int, help="... spread over this many equal nodes (default 1)")
     p.add_argument("--papers-per-s", type=float, help="training papers/s of one worker (default: measured on a CPU, "
                                                       "derived from FLOPs for GPU workers)")
+    p.add_argument("--gpu-figures", metavar="FILE.json", help="price GPU workers from this measurement: the "
+                                                             "gpu_check.json that `python3 -m benchmarks.gpu_check` writes")
     p.set_defaults(func=cmd_plan)
 
 
 def add_model_commands(sub) -> None:
     p = sub.add_parser("evaluate", formatter_class=SHOW_DEFAULTS,
                        help="re-run a finished study's evaluation, or compare saved models on any labelled papers file (--data)")
-    p.add_argument("results_dir", nargs="?", help="a finished study's results directory, e.g. results/cpu")
+    p.add_argument("results_dir", nargs="?", help="a finished study's results directory, e.g. reports/cpu")
     p.add_argument("--data", metavar="FILE", help="instead: a labelled papers file (.parquet, .csv, .jsonl; any schema prepare reads)")
     p.add_argument("--model", action="append", metavar="NAME=PATH",
                    help="a saved model, baseline or ensemble directory (repeatable); with RESULTS_DIR, an extra model to compare")

@@ -97,7 +97,7 @@ TUNE_CASES = {
     "unknown model name": ({"model": {"name": "no-such-org/no-such-model"}}, [], "not in the local Hugging Face cache"),
     "model directory that does not exist": ({"model": {"name": "./models/nothing-here"}}, [], "model directory not found"),
     "--resume with no study": ({}, ["--resume"], "no study to resume"),
-    "unknown scheduler": ({"tune": {"scheduler": "hyperband"}}, [], "tune.scheduler must be 'asha' or 'sync'"),
+    "unknown scheduler": ({"tune": {"scheduler": "hyperband"}}, [], "tune.scheduler must be 'asha'"),
     "results directory not writable": ({"tune": {"results_dir": "/proc/arxivcls-results"}}, [], "is not writable"),
     "data file missing": ({}, ["--data", "missing.parquet"], "data file not found"),
     "storage with less free space than the study needs": ({"tune": {"min_free_disk_gb": 1e9}}, [], "GB free but the study may need"),

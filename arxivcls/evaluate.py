@@ -371,8 +371,9 @@ def with_readings(comparison: pd.DataFrame, readings: dict) -> pd.DataFrame:
     """The comparison with what each model read: read_tokens (its own unit: read_unit), read_chars
     (per paper, mean), read_truncated (share of papers cut short); an ensemble's parts are in the report."""
     columns = ["read_tokens", "read_unit", "read_chars", "read_truncated"]
-    table = pd.DataFrame({name: {c: readings.get(name, {}).get(c, "parts" if c == "read_unit" else np.nan) for c in columns}
-                          for name in comparison.index}).T
+    unit = lambda reading: "parts" if "parts" in reading else reading.get("read_unit", "")
+    table = pd.DataFrame({name: {c: unit(readings.get(name, {})) if c == "read_unit" else readings.get(name, {}).get(c, np.nan)
+                                 for c in columns} for name in comparison.index}).T
     return comparison.join(table.astype({c: float for c in columns if c != "read_unit"}))
 
 

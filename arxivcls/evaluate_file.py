@@ -84,7 +84,8 @@ def fit_file_baseline(train_file: str, log):
 # ---------------------------------------------------------------- from scores to tables
 
 def usable_papers(scored: Scored, path: str) -> tuple[pd.DataFrame, dict, dict]:
-    """The papers with text and a category, each id once, as data.normalize keeps them; what was dropped."""
+    """The papers with text and a category, each id once, as data.normalize keeps them; what was
+    dropped. The probabilities of those papers, and (key "read") what each model read of them."""
     from arxivcls.data import usable_rows
 
     rows = scored.rows
@@ -92,7 +93,8 @@ def usable_papers(scored: Scored, path: str) -> tuple[pd.DataFrame, dict, dict]:
     if not keep.any():
         raise UserError(f"{path}: no labelled papers: every row lacks text or a category "
                         f"({', '.join(f'{k} {v}' for k, v in dropped.items())})")
-    return rows[keep].reset_index(drop=True), {name: p[keep] for name, p in scored.probs.items()}, dropped
+    read = {name: {key: values[keep] for key, values in per_paper.items()} for name, per_paper in scored.read.items()}
+    return rows[keep].reset_index(drop=True), {name: p[keep] for name, p in scored.probs.items()}, dropped, read
 
 
 def in_label_space(probs: np.ndarray, labels: tuple[str, ...], index: dict) -> np.ndarray:
@@ -102,9 +104,11 @@ def in_label_space(probs: np.ndarray, labels: tuple[str, ...], index: dict) -> n
     return spread
 
 
-def evaluate_scores(papers: pd.DataFrame, probs: dict, specs: list[ModelSpec]) -> dict:
-    """compare() over all papers and over those every model covers, and the coverage tables."""
-    from arxivcls.evaluate import compare
+def evaluate_scores(papers: pd.DataFrame, probs: dict, specs: list[ModelSpec], read: dict | None = None) -> dict:
+    """compare() over all papers and over those every model covers, and the coverage tables; with
+    `read` (model -> per paper), what each model read in the comparison."""
+    from arxivcls.evaluate import compare, with_readings
+    from arxivcls.reading import summary
 
     label_names = sorted(set(papers.category).union(*(spec.labels for spec in specs)))
     index = {label: i for i, label in enumerate(label_names)}
@@ -112,6 +116,10 @@ def evaluate_scores(papers: pd.DataFrame, probs: dict, specs: list[ModelSpec]) -
     spread = {spec.name: in_label_space(probs[spec.name], spec.labels, index) for spec in specs}
     pairs = [(spec.name, specs[0].name) for spec in specs[1:]]
     tables = compare(spread, test, label_names, None, TOP_K, SEED, pairs)
+    units = {"baseline": "words", "transformer": "tokens"}
+    readings = {spec.name: summary(read[spec.name], units[spec.kind], spec.max_length) for spec in specs
+                if spec.name in (read or {})}
+    tables["comparison"], tables["readings"] = with_readings(tables["comparison"], readings), readings
     for spec in specs:
         tables["categories"][f"{spec.name}_trained_on"] = tables["categories"].category.isin(spec.labels)
     everyone = test.category.isin(set.intersection(*(set(spec.labels) for spec in specs))).to_numpy()
@@ -234,8 +242,8 @@ def evaluate_file(data: str, model_items: list[str], out, baseline_file: str | N
     scored = score_file(papers_file, specs, batch_size, num_actors, rows, log)
     log(f"scored {len(scored.rows)} rows in {scored.wall_seconds:.1f} s ({len(scored.rows) / scored.wall_seconds:.1f} papers/s, "
         f"{scored.actors} actors)")
-    papers, probs, dropped = usable_papers(scored, data)
-    tables = evaluate_scores(papers, probs, specs)
+    papers, probs, dropped, read = usable_papers(scored, data)
+    tables = evaluate_scores(papers, probs, specs, read)
     evaluation = evaluation_record(data, papers_file, specs, scored, papers, dropped, batch_size)
     evaluation["bootstrap"]["resamples"] = N_RESAMPLES
     if baseline:

@@ -191,6 +191,7 @@ class FileScorer:
         self.transformers, self.window_probs = {}, {}
         self.scorers = [self.load(spec) for spec in specs]
         self.widths = [len(spec.labels) for spec in specs]
+        self.readers = [reader(spec) for spec in specs]
 
     def load(self, spec: ModelSpec):
         """texts -> (n, len(spec.labels)) probabilities."""
@@ -230,7 +231,28 @@ class FileScorer:
                 probs[scorable] = score(texts)
             out[f"probs_{i}"] = probs
             out[f"seconds_{i}"] = np.full(len(scorable), (time.perf_counter() - started) / len(scorable))
+        for i, read in enumerate(self.readers):
+            per_paper = read(texts) if texts and read else {}
+            for key in ("tokens", "chars", "cut") if read else ():
+                out[f"read_{key}_{i}"] = np.zeros(len(scorable))
+                if texts:
+                    out[f"read_{key}_{i}"][scorable] = per_paper[key]
         return out
+
+
+def reader(spec: ModelSpec):
+    """texts -> what the model reads of each (arxivcls.reading), for a transformer or a baseline; None
+    for an ensemble (its report row says n/a)."""
+    from arxivcls.reading import transformer_read, words_read
+
+    if spec.kind == "baseline":
+        return words_read
+    if spec.kind == "transformer":
+        from arxivcls.models import load_tokenizer
+
+        tokenizer = load_tokenizer(spec.path)
+        return lambda texts: transformer_read(tokenizer, texts, spec.max_length)[1]
+    return None
 
 
 # ---------------------------------------------------------------- the pass
@@ -243,6 +265,7 @@ class Scored:
     model_seconds: dict  # model name -> actor seconds spent on it
     wall_seconds: float
     actors: int
+    read: dict = dataclasses.field(default_factory=dict)  # model name -> per row: tokens, chars, cut (arxivcls.reading)
 
     @property
     def inference_papers_per_s(self) -> float:
@@ -273,8 +296,10 @@ def score_file(papers: PapersFile, specs: list[ModelSpec], batch_size: int, num_
     merged = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     order = np.argsort(merged["row"], kind="stable")
     rows = pd.DataFrame({key: merged[key][order] for key in ("row", "id", "category", "categories", "has_text")})
+    read = {spec.name: {key: merged[f"read_{key}_{i}"][order] for key in ("tokens", "chars", "cut")}
+            for i, spec in enumerate(specs) if f"read_tokens_{i}" in merged}
     return Scored(rows, {spec.name: merged[f"probs_{i}"][order] for i, spec in enumerate(specs)},
-                  {spec.name: float(merged[f"seconds_{i}"].sum()) for i, spec in enumerate(specs)}, wall, actors)
+                  {spec.name: float(merged[f"seconds_{i}"].sum()) for i, spec in enumerate(specs)}, wall, actors, read)
 
 
 def window_size(total_rows: int, actors: int, batch_size: int) -> int:

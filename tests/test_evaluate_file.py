@@ -59,11 +59,11 @@ def test_rows_without_text_or_label_and_duplicate_ids_are_counted_as_prepare_cou
                         "category_code": ["cs.CV", "cs.CV", "", "cs.CV", "cs.CL", "cs.CV", "cs.CV", "cs.CL"], "source": "x"})
     rows = normalize_rows(raw, "arxiv-digest").assign(row=range(len(raw)))
     scored = Scored(rows.assign(has_text=rows.text != "").drop(columns="text"), {"m": np.eye(8, 2, dtype=np.float32)}, {}, 1.0, 1)
-    papers, probs, dropped = usable_papers(scored, "file")
+    papers, probs, dropped, read = usable_papers(scored, "file")
     expected, _, expected_dropped = normalize(raw)
     assert dropped == expected_dropped == {"no_text": 1, "no_category": 1, "conflicting_duplicate_ids": 1, "duplicate_ids": 1}
     assert papers.id.tolist() == expected.id.tolist() == ["1", "5", "6"]
-    assert papers.row.tolist() == [0, 5, 7] and probs["m"].shape == (3, 2)
+    assert papers.row.tolist() == [0, 5, 7] and probs["m"].shape == (3, 2) and read == {}
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
@@ -142,6 +142,11 @@ def test_an_ensemble_and_its_transformer_share_one_forward_pass_and_predict_as_p
         expected = load_model(spec.path)[0](texts[:19])
         np.testing.assert_allclose(scored[f"probs_{i}"][:19], expected, atol=1e-6)
         assert not scored[f"probs_{i}"][19].any()  # no category: not scored
+    from arxivcls.reading import WORD  # what each model read: tokens up to its max_length, or every word
+
+    assert scored["read_tokens_0"][:19].max() == 64 and scored["read_cut_0"][:19].any() and scored["read_tokens_0"][19] == 0
+    assert scored["read_tokens_2"][:19].tolist() == [len(WORD.findall(t)) for t in texts[:19]]
+    assert "read_tokens_1" not in scored  # an ensemble reads through its two models
 
 
 # ---------------------------------------------------------------- refused inputs: one line, exit 2, nothing written
@@ -229,6 +234,9 @@ def test_outputs_and_paper_counts(evaluated):
     assert evaluation["rows_read"] == len(papers) + 3 and evaluation["papers"] == len(papers) == 300
     assert evaluation["dropped"] == {"no_text": 1, "no_category": 1, "conflicting_duplicate_ids": 0, "duplicate_ids": 1}
     assert evaluation["models"]["a"]["max_length"] == 64 and evaluation["models"]["b"]["max_length"] == 512
+    comparison = pd.read_csv(out / "comparison.csv", index_col="model")
+    assert comparison.at["a", "read_tokens"] <= 64 < comparison.at["b", "read_tokens"] and comparison.at["a", "read_truncated"] > 0
+    assert comparison.at["baseline", "read_unit"] == "words" and comparison.at["baseline", "read_truncated"] == 0
     predictions = pd.read_parquet(out / "predictions.parquet")
     assert predictions.id.tolist() == papers.id.tolist()  # every paper once, in file order
     report = (out / "report.md").read_text()

@@ -233,6 +233,7 @@ def test_evaluate_data_on_a_file_of_rare_and_unseen_categories(ray_local, tmp_pa
                  "--out", str(tmp_path / "out")]) == 0
     read = lambda name: pd.read_csv(tmp_path / "out" / name, index_col=0)
     assert read("coverage.csv").at["baseline", "unseen_categories"] == 70
+    assert read("comparison.csv").at["baseline", "read_unit"] == "words"
     assert_inside(read("comparison.csv"), read("intervals.csv"))
     assert_inside(read("covered_comparison.csv"), read("covered_intervals.csv"))
 

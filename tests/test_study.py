@@ -125,7 +125,7 @@ def test_plan_matches_what_the_study_did(study):
     plan = plan_study(study["config"])  # on the same local Ray cluster, now idle again
     assert plan["resources"]["source"] == "ray"
     assert plan["trials"] == info["num_trials"] and plan["concurrency"] == info["concurrency"]
-    assert info["trial_epochs"] <= plan["max_trial_epochs"]["asha"]
+    assert info["trial_epochs"] <= plan["max_trial_epochs"]
     assert plan["data"]["split_sizes"] == info["data"]["split_sizes"]
 
 

@@ -131,3 +131,15 @@ def search_baseline(data: SearchData, config: dict, metric: str, mode: str, seed
     log(f"baseline: {num_trials} trials in {seconds:.1f} s; best {metric} {study.best_value:.4f} (trial {study.best_trial.number}): "
         + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in study.best_trial.params.items()))
     return BaselineSearch(best, pd.DataFrame(rows), metric, seconds)
+
+
+def search_study_baseline(prepared, config: dict, log=print) -> BaselineSearch:
+    """The baseline's study for a study's prepared data and config (Config.to_dict()): what the
+    evaluation stage runs, or takes ready from a caller that ran it beside the transformer's trials."""
+    from arxivcls.config import BaselineConfig
+
+    train, val = prepared.load_split("train"), prepared.load_split("val")
+    data = SearchData(train.text.tolist(), train.label.to_numpy(), val.text.tolist(), val.label.to_numpy(),
+                      prepared.num_labels, config["data"]["seed"])
+    baseline_cfg = {**dataclasses.asdict(BaselineConfig()), **config.get("baseline", {})}
+    return search_baseline(data, baseline_cfg, config["tune"]["metric"], config["tune"]["mode"], config["tune"]["seed"], log)

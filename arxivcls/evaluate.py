@@ -184,9 +184,12 @@ def predict_models(models: dict, texts: list[str], inference: Inference, log) ->
 
 
 def add_derived_models(probs: dict, seconds: dict, prepared, study: dict, inference: Inference, test_texts: list[str],
-                       log) -> tuple[dict, dict]:
+                       log, baseline_search=None) -> tuple[dict, dict]:
     """tuned+logit_adj, baseline, baseline_truncated and ensemble, each tuned on validation: what was
-    chosen and saved, and the baseline's tables (its trials)."""
+    chosen and saved, and the baseline's tables (its trials). `baseline_search`: the baseline's
+    study if it already ran (arxivcls.baseline_search.search_study_baseline), else it runs here."""
+    from arxivcls.baseline import fit_baseline
+    from arxivcls.baseline_search import search_study_baseline
     from arxivcls.ensemble import choose_weight, mix, save_ensemble
 
     eval_cfg, val = study["config"]["eval"], prepared.load_split("val")
@@ -201,7 +204,9 @@ def add_derived_models(probs: dict, seconds: dict, prepared, study: dict, infere
     if not eval_cfg.get("baseline", True):
         return chosen, {}
     train = prepared.load_split("train")
-    search, baseline = tuned_baseline(train, val, prepared.num_labels, study, log)
+    search = baseline_search or search_study_baseline(prepared, study["config"], log)
+    baseline = fit_baseline(train.text.tolist(), train.label.to_numpy(), prepared.num_labels, study["config"]["data"]["seed"],
+                            search.best, calibration=(val.text.tolist(), val.label.to_numpy()))
     started = time.perf_counter()
     probs["baseline"] = baseline.predict_proba(test_texts)
     seconds["baseline"] = time.perf_counter() - started
@@ -225,23 +230,6 @@ def add_derived_models(probs: dict, seconds: dict, prepared, study: dict, infere
         chosen.update(ensemble_weight=weight, ensemble_dir=str(models_dir / "ensemble"))
         log(f"ensemble: transformer weight {weight} chosen on validation macro F1 (test papers: {len(test_texts)})")
     return chosen, {"baseline_trials": search.trials}
-
-
-def tuned_baseline(train: pd.DataFrame, val: pd.DataFrame, num_classes: int, study: dict, log):
-    """The baseline's own study on the validation split, with the transformer study's objective;
-    then the best settings fitted on the training split."""
-    from arxivcls.baseline import fit_baseline
-    from arxivcls.baseline_search import SearchData, search_baseline
-    from arxivcls.config import BaselineConfig
-
-    config = study["config"]
-    baseline_cfg = {**dataclasses.asdict(BaselineConfig()), **config.get("baseline", {})}
-    data = SearchData(train.text.tolist(), train.label.to_numpy(), val.text.tolist(), val.label.to_numpy(), num_classes,
-                      config["data"]["seed"])
-    search = search_baseline(data, baseline_cfg, config["tune"]["metric"], config["tune"]["mode"], config["tune"]["seed"], log)
-    baseline = fit_baseline(data.train_texts, data.train_labels, num_classes, data.seed, search.best,
-                            calibration=(data.val_texts, data.val_labels))
-    return search, baseline
 
 
 def truncated_control(params, tokenizer_dir: str, max_length: int, train: pd.DataFrame, val: pd.DataFrame,
@@ -411,7 +399,9 @@ def write_results(results_dir: Path, study: dict, tables: dict, probs: dict, tes
         })
 
 
-def evaluate_study(results_dir, extra_models: dict | None = None, address: str | None = None, log=print) -> Path:
+def evaluate_study(results_dir, extra_models: dict | None = None, address: str | None = None, log=print,
+                   baseline_search=None) -> Path:
+    """The evaluation stage of a finished study; `baseline_search` as add_derived_models takes it."""
     from arxivcls.data import load_prepared
     from arxivcls.raycluster import connect_ray
     from arxivcls.stats import N_RESAMPLES
@@ -427,7 +417,8 @@ def evaluate_study(results_dir, extra_models: dict | None = None, address: str |
     connect_ray(address, log=log)
     test = prepared.load_split("test")  # first and only read of the test split
     probs, seconds = predict_models(models, test.text.tolist(), inference, log)
-    chosen, baseline_tables = add_derived_models(probs, seconds, prepared, study, inference, test.text.tolist(), log)
+    chosen, baseline_tables = add_derived_models(probs, seconds, prepared, study, inference, test.text.tolist(), log,
+                                                 baseline_search)
     readings = model_readings(models, probs, test.text.tolist(), inference)
     identical = identical_models(probs)
     if "default" in study["models"] and "default" not in models:

@@ -262,7 +262,10 @@ def test_a_study_s_evaluation_tunes_the_baseline_and_adds_the_truncated_control(
         "best_trial": {"trial_id": "b"}, "default_trial": {"trial_id": "a"}}))
     pd.DataFrame({"trial_id": ["a", "b"], "is_default": [True, False], "p_learning_rate": [1e-4, 1e-3],
                   "status": ["completed"] * 2, "epochs_run": [1, 1], "best_metric": [0.1, 0.2]}).to_csv(results / "trials.csv")
-    evaluate_study(results, log=lambda *_: None)
+    from arxivcls.baseline_search import search_study_baseline
+
+    searched = search_study_baseline(prepared, config.to_dict(), log=lambda *_: None)  # as beside the trials
+    evaluate_study(results, log=lambda *_: None, baseline_search=searched)
 
     comparison = pd.read_csv(results / "comparison.csv", index_col="model")
     assert {"tuned", "baseline", "baseline_truncated", "ensemble"} <= set(comparison.index)
@@ -274,6 +277,7 @@ def test_a_study_s_evaluation_tunes_the_baseline_and_adds_the_truncated_control(
     best = trials.loc[trials.val_macro_f1.idxmax()]
     saved = load_baseline(tuned.parent / "baseline")[0].params
     assert len(trials) == 4 and saved.alpha == pytest.approx(best.p_alpha) and saved.classifier == best.p_classifier
+    assert saved == searched.best
     differences = pd.read_csv(results / "differences.csv")
     assert {("tuned", "baseline"), ("tuned", "baseline_truncated"), ("baseline_truncated", "baseline")} <= set(
         zip(differences.model, differences.reference))

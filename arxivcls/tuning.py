@@ -338,6 +338,7 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
         begin_search(config, paths["experiment"], source, log=log)
     for line in tracking_lines(config, paths["experiment"]):
         log(line)
+    baseline = baseline_beside_trials(config, inputs, trial) if evaluate else None
     grid = make_tuner(config, trial, concurrency, paths, resume, log=log).fit()
 
     default_id = read_default_trial(paths["experiment"])
@@ -361,12 +362,28 @@ def run_study(config: Config, resume: bool = False, address: str | None = None, 
         # It sizes its actor pool by the free resources: wait for the trials' (on the nodes still alive).
         alive = ray.cluster_resources()
         wait_for_resources({k: min(available[k], alive.get(k, 0.0)) for k in ("CPU", "GPU") if k in available})
-        evaluate_study(paths["results"], address=address, log=log)
+        evaluate_study(paths["results"], address=address, log=log, baseline_search=baseline.result() if baseline else None)
     failed = trials[trials.status == "error"]
     if not failed.empty:  # the results are written; the exit code still says that trials failed
         raise UserError(f"{len(failed)} of {len(trials)} trials failed ({', '.join(failed.trial_id)}); "
                         f"their errors and logs are under {paths['experiment']}/trial_driver_<id>/")
     return paths["results"]
+
+
+def baseline_beside_trials(config: Config, inputs, trial: TrialInputs):
+    """When the trials train on GPUs, the baseline's search (Ray tasks of one CPU each) runs on the
+    CPUs meanwhile; a future of its result. On CPUs it would only wait for the trials' CPUs: the
+    evaluation stage runs it then."""
+    if not config.eval.baseline or "GPU" not in trial_resources(trial.train):
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    from arxivcls.baseline_search import search_study_baseline
+
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(search_study_baseline, inputs.prepared, config.to_dict(), log=lambda *_: None)
+    pool.shutdown(wait=False)  # the thread ends with the search; run_study waits on the future
+    return future
 
 
 def read_default_trial(experiment: str) -> str | None:

@@ -67,3 +67,19 @@ def test_a_trial_s_max_length_keeps_what_the_tokenizer_would_keep(tiny_bert, rea
     cut = truncate_split(long, 16)
     assert np.array_equal(cut.ids, short.ids) and np.array_equal(cut.offsets, short.offsets)
     assert np.array_equal(cut.labels, labels) and truncate_split(short, 64) is short
+
+
+def test_the_baseline_search_runs_beside_gpu_trials_and_after_cpu_trials(monkeypatch):
+    import arxivcls.baseline_search
+    from arxivcls.inputs import TrialInputs
+    from arxivcls.tuning import baseline_beside_trials
+
+    monkeypatch.setattr(arxivcls.baseline_search, "search_study_baseline", lambda prepared, config, log: ("searched", prepared))
+    config = Config()
+    inputs = SimpleNamespace(prepared="the prepared data")
+    cpu_trial = TrialInputs(config.train)
+    assert baseline_beside_trials(config, inputs, cpu_trial) is None  # the evaluation stage runs it
+    gpu_trial = cpu_trial.with_train(gpus_per_worker=1.0)
+    assert baseline_beside_trials(config, inputs, gpu_trial).result(timeout=10) == ("searched", "the prepared data")
+    config.eval.baseline = False
+    assert baseline_beside_trials(config, inputs, gpu_trial) is None

@@ -166,6 +166,31 @@ def test_project_is_mounted_and_installed(name):
         assert big in config["rsync_exclude"]
 
 
+def test_netns_config_validates_and_keeps_to_its_hosts():
+    """cluster/netns.yaml (no docker) onto cluster/netns_hosts.sh's hosts; brought up by test_netns_cluster."""
+    config = load("netns.yaml")
+    prepared = ray_validate(config)
+    assert prepared["head_node_type"] in prepared["available_node_types"]
+    assert "docker" not in config
+    provider = config["provider"]
+    script = (CLUSTER / "netns_hosts.sh").read_text()
+    for ip in [provider["head_ip"], *provider["worker_ips"]]:
+        assert ip.startswith("198.18.0.") and ip in script
+    assert config["auth"]["ssh_private_key"].startswith("/tmp/arxivcls-netns/")
+    text = (CLUSTER / "netns.yaml").read_text() + script
+    assert not re.search(r"\b(10|192\.168|172\.(1[6-9]|2\d|3[01]))\.\d+\.\d+\.\d+", text), "a private address"
+    head = head_start(config)
+    assert f"--node-ip-address={provider['head_ip']}" in head and "--dashboard-host=127.0.0.1" in head
+    assert "--num-cpus=0" in head
+    (worker,) = [c for c in config["worker_start_ray_commands"] if "ray start" in c]
+    assert "--node-ip-address=" in worker and "--temp-dir=" in worker
+    for cmd in start_commands(config):
+        if "ray start" in cmd:
+            assert "RAY_AUTH_MODE=token" in cmd, cmd
+    assert config["file_mounts"] == {"~/.ray/auth_token": "/tmp/arxivcls-netns/auth_token"}
+    assert "pip install" not in "\n".join(config["setup_commands"])  # the environment is already there
+
+
 def test_s3_bucket_named_in_exactly_one_place():
     text = (CLUSTER / "config.yaml").read_text()
     uris = re.findall(r"s3://([A-Za-z0-9.\-_]+)", text)
@@ -189,7 +214,7 @@ def test_onprem_has_placeholders():
     assert auth["ssh_user"] and auth["ssh_private_key"]
 
 
-@pytest.mark.parametrize("script", ["submit.sh", "local_two_node.sh"])
+@pytest.mark.parametrize("script", ["submit.sh", "local_two_node.sh", "netns_hosts.sh"])
 def test_scripts_are_executable_bash(script):
     path = CLUSTER / script
     assert path.stat().st_mode & stat.S_IXUSR

@@ -96,7 +96,7 @@ def test_prepare_reads_the_config_s_data_path(tmp_path, papers_file, capsys):
 def tiny_study(tmp_path, papers_file, tiny_bert, study: str):
     """Trials of one epoch (nothing for the scheduler to stop early) on a few hundred papers."""
     return tiny_study_yaml(tmp_path, papers_file, tiny_bert, data={"max_papers": 300},
-                           train={"epochs": 1},
+                           train={"epochs": 1}, baseline={"num_trials": 4},
                            tune={"study": study, "search_space": {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 3e-3}}})
 
 

@@ -146,7 +146,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             f"best_{train.metric}": best, "stopped_by_patience": int(bad_epochs >= train.patience),
             "train_loss": loss_total / max(1, papers), "train_papers_per_s": papers * world_size / train_seconds,
             "train_seconds_per_step": train_seconds / max(1, len(batches)),
-            "epoch_seconds": time.perf_counter() - started, "peak_rss_gb": peak_rss_bytes() / 1e9, "node_ip": node_ip})
+            "epoch_seconds": time.perf_counter() - started, "peak_rss_gb": peak_rss_bytes() / 1e9, "worker_node_ip": node_ip})
 
         # [4] report with this epoch's checkpoint (rank 0 writes it; Ray keeps the best and the latest)
         with tempfile.TemporaryDirectory() as staging:

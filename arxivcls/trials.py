@@ -52,7 +52,7 @@ def trial_row(result, config: Config) -> tuple[dict, pd.DataFrame | None]:
     row.update(epochs_run=int(frame.epoch.max()), trained_epochs=int(trained),
                planned_epochs=int(last.get("planned_epochs", 0) or 0),
                best_metric=float(best_row[metric]), best_epoch=int(best_row.epoch),
-               best_checkpoint=best_row.get("checkpoint_path"), node_ip=last.get("node_ip"),
+               best_checkpoint=best_row.get("checkpoint_path"), node_ip=last.get("worker_node_ip"),  # Tune's own node_ip is the trial driver's
                **{f"best_{k}": float(best_row[k]) for k in ("val_accuracy", "val_weighted_f1", "val_macro_f1", "val_loss") if k in best_row})
     if not result.error:
         if last.get("stopped_by_patience"):

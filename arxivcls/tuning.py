@@ -277,8 +277,9 @@ def tracking_lines(config: Config, experiment: str) -> list[str]:
 def study_paths(config: Config) -> dict:
     storage = storage_uri(config.train.storage_path)
     return {"storage": storage, "experiment": f"{storage.rstrip('/')}/{config.tune.study}",
-            "results": Path(config.tune.results_dir) / config.tune.study,
-            "models": Path(config.tune.models_dir) / config.tune.study}
+            # absolute: the evaluation's actors may run on other nodes, in other working directories
+            "results": Path(config.tune.results_dir).resolve() / config.tune.study,
+            "models": Path(config.tune.models_dir).resolve() / config.tune.study}
 
 
 def _experiment_exists(path: str) -> bool:

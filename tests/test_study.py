@@ -61,6 +61,7 @@ def test_study_runs_trials_concurrently_and_starts_with_the_default(study):
     assert first.p_learning_rate == pytest.approx(1e-3) and first.p_epochs == 2  # the config's train values
     assert set(trials.status) <= {"completed", "stopped_by_asha", "stopped_by_patience"}
     assert (trials.epochs_run >= 1).all() and trials.best_metric.notna().all()
+    assert trials.node_ip.notna().all()  # where each trial's rank-0 Train worker ran
     assert info["best_trial"]["val_macro_f1"] == pytest.approx(trials.best_metric.max(), abs=1e-5)  # csv: 5 decimals
     assert info["trial_epochs"] == trials.epochs_run.sum()
 

@@ -34,7 +34,7 @@ def test_tiny_bert_lowers_validation_loss_and_saves_hf_checkpoint(ray_local, pap
     assert last["epoch"] == 3
     assert last["val_loss"] < epochs.val_loss.iloc[0] - 0.05
     assert last["val_accuracy"] > 1.5 / inputs.prepared.num_labels  # better than chance
-    for key in ("val_macro_f1", "val_weighted_f1", "val_macro_precision", "val_weighted_recall", "train_loss", "node_ip"):
+    for key in ("val_macro_f1", "val_weighted_f1", "val_macro_precision", "val_weighted_recall", "train_loss", "worker_node_ip"):
         assert key in last
 
     checkpoint, value = best_checkpoint(result, "val_macro_f1", "max")

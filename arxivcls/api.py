@@ -146,24 +146,9 @@ def tune(config, data=None, resume: bool = False, warm_start: str | None = None,
     from arxivcls.tuning import run_study
 
     config = study_config(config, data, overrides)
-    with _ray_as_found(worker_output), _tune_console_reporter():
+    with _ray_as_found(worker_output):
         results_dir = run_study(config, resume=resume, address=address, warm_start=warm_start)
     return StudyResult.load(results_dir)
-
-
-@contextmanager
-def _tune_console_reporter():
-    """Tune's reporter for a console, also in a notebook. Its notebook reporter clears the cell's
-    output when a study starts (IPython's clear_output), which would erase the dashboard line and
-    the study's first lines; the console one prints nothing at the study's verbose=0. (Passing
-    progress_reporter=CLIReporter() to the study's RunConfig does the same.)"""
-    import ray.tune.progress_reporter as reporters
-
-    in_notebook, reporters.IS_NOTEBOOK = reporters.IS_NOTEBOOK, False
-    try:
-        yield
-    finally:
-        reporters.IS_NOTEBOOK = in_notebook
 
 
 # ---------------------------------------------------------------- results

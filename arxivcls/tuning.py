@@ -165,7 +165,9 @@ def make_tuner(config: Config, trial: TrialInputs, concurrency: int, paths: dict
                                     trial_dirname_creator=trial_dirname),
         # verbose=0: StudyProgress prints each trial's start and end instead of Tune's status tables,
         # whose resource line counts only the trial drivers' (0 CPUs)
+        # CLIReporter also in a notebook: Tune's notebook reporter clears the cell when a study starts
         run_config=tune.RunConfig(name=config.tune.study, storage_path=paths["storage"], verbose=0,
+                                  progress_reporter=tune.CLIReporter(),
                                   failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
                                   callbacks=[StudyProgress(config.tune.num_samples, config.tune.metric, config.tune.mode),
                                              *tracking_callbacks(config, paths["experiment"])]),

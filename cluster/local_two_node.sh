@@ -137,7 +137,7 @@ EOF
 
     # Inherited by every Ray process of this cluster, hence by job entrypoints: like the cloud
     # configs, jobs from cluster/submit.sh run in $ARXIVCLS_WORKDIR (default: this checkout, so
-    # results/<study>/ lands where a local run puts it); $ARXIVCLS_STORAGE passes through if set.
+    # reports/<study>/ lands where a local run puts it); $ARXIVCLS_STORAGE passes through if set.
     export ARXIVCLS_WORKDIR=${ARXIVCLS_WORKDIR:-$REPO}
     export RAY_AUTH_MODE=token
     export RAY_AUTH_TOKEN_PATH="$STATE_DIR/auth_token"

@@ -16,7 +16,7 @@
 #     you have here, even if the cluster's installed copy is older (its dependencies come from
 #     the cluster's `pip install -e`).
 #   * The entrypoint runs on the head node in $ARXIVCLS_WORKDIR when the cluster defines it
-#     (cluster/config.yaml sets /home/ray/arxivcls), so results/<study>/, models/ and the caches
+#     (cluster/config.yaml sets /home/ray/arxivcls), so reports/<study>/, models/ and the caches
 #     land in a directory that outlives the job; otherwise in the job's working_dir copy.
 #   * If the cluster defines $ARXIVCLS_STORAGE (cluster/config.yaml: the S3 bucket), it becomes
 #     `--set train.storage_path=...` (checkpoints). Both are expanded on the head, not here.
@@ -72,7 +72,7 @@ if [ -n "${ARXIVCLS_SUBMIT_DRY_RUN:-}" ]; then
     exit 0
 fi
 
-RUNTIME_ENV='{"excludes": [".venv", ".git", "runs", "models", "results/*/models", ".cache", "**/__pycache__", "*.egg-info", ".pytest_cache"]}'
+RUNTIME_ENV='{"excludes": [".venv", ".git", "runs", "models", "reports", "results/*/models", ".cache", "**/__pycache__", "*.egg-info", ".pytest_cache"]}'
 
 cd "$REPO"
 ray job submit \

@@ -74,7 +74,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = pick_device(train, world_size)
     amp_dtype = autocast_dtype(train.precision, device)
     node_ip = ray.util.get_node_ip_address()
-    worker_print(f"worker {rank}/{world_size} on node {node_ip} device {device}")
+    worker_print(f"worker {rank}/{world_size} on node {node_ip} id {ray.get_runtime_context().get_node_id()} device {device}")
     data = ray.get(inputs.data_ref)
     train_split, val_split = (truncate_split(data[name], inputs.max_length) for name in ("train", "val"))
 

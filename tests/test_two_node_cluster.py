@@ -348,7 +348,7 @@ def test_tiny_study_submitted_as_a_job_uses_both_nodes(two_node_cluster, tmp_pat
     assert status == "SUCCEEDED", logs[-4000:]
 
     node_ids = {n["NodeID"] for n in two_node_cluster.nodes() if n["Alive"]}
-    worker_nodes = set(re.findall(r"worker 0/1 on node ([0-9a-f]+)", logs))
+    worker_nodes = set(re.findall(r"worker 0/1 on node \S+ id ([0-9a-f]+)", logs))
     assert worker_nodes == node_ids  # the two trials' workers ran one on each node
     experiment = shared / "runs" / "twonode"
     assert any(experiment.glob("experiment_state-*.json"))
@@ -395,7 +395,7 @@ def test_worker_node_lost_mid_study_and_the_study_completes(two_node_cluster, tm
     deadline = time.time() + 600
     while time.time() < deadline:  # wait until the worker on node2 has finished an epoch
         logs = two_node_cluster.api(f"/api/jobs/{job_id}/logs").get("logs", "")
-        match = re.search(rf"RayTrainWorker pid=(\d+)[^)]*\)\S* worker 0/1 on node {node2}", logs)
+        match = re.search(rf"RayTrainWorker pid=(\d+)[^)]*\)\S* worker 0/1 on node \S+ id {node2}", logs)
         if match and re.search(rf"RayTrainWorker pid={match.group(1)}[^)]*\)\S* epoch 1/8", logs):
             break
         if two_node_cluster.api(f"/api/jobs/{job_id}")["status"] in TERMINAL:

@@ -227,7 +227,7 @@ def plan_study(config: Config, resources: Resources | None = None, address: str 
     from arxivcls.data import prepare
     from arxivcls.models import load_tokenizer
     from arxivcls.inputs import preflight
-    from arxivcls.tuning import checkpoint_bytes, checkpoints_kept, plan_concurrency, trial_resources
+    from arxivcls.tuning import checkpoint_bytes, preflight_checkpoints, plan_concurrency, trial_resources
 
     train, tune = config.train, config.tune
     if papers_per_s is not None and gpu_figures is not None:
@@ -298,7 +298,7 @@ def plan_study(config: Config, resources: Resources | None = None, address: str 
         "max_epochs": max_epochs, "max_trial_epochs": trial_epochs,
         "halving_trial_epochs": halving_trial_epochs(tune.num_samples, max_epochs, tune.grace_period, tune.reduction_factor),
         "checkpoint_gb": checkpoint / 1e9,
-        "disk_gb": checkpoints_kept(tune.num_samples, train.checkpoint_keep, concurrency) * checkpoint / 1e9,
+        "disk_gb": preflight_checkpoints(config) * checkpoint / 1e9,
         "papers_per_s_per_worker": throughput, "throughput_source": source,
         "epoch_seconds": epoch_seconds, "wall_hours": wall / 3600,
         "gpu_hours": trial_epochs * epoch_seconds * gpus_per_trial / 3600,

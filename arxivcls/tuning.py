@@ -73,6 +73,13 @@ def checkpoints_kept(num_samples: int, keep: int, concurrency: int) -> int:
     return num_samples * (keep + 1) + concurrency
 
 
+def preflight_checkpoints(config: Config) -> int:
+    """The checkpoints the disk preflight budgets. It runs before Ray starts, when the concurrency
+    is not known: tune.max_concurrent, or every trial at once."""
+    return checkpoints_kept(config.tune.num_samples, config.train.checkpoint_keep,
+                            config.tune.max_concurrent or config.tune.num_samples)
+
+
 def check_disk(storage_path: str, need_bytes: int, headroom_gb: float) -> dict:
     if "://" in storage_path:
         return {"storage": storage_path, "estimated_need_gb": need_bytes / 1e9, "free_gb": None}
@@ -307,10 +314,7 @@ def check_study(config: Config, paths: dict, resume: bool) -> dict:
     check_tracking(config, paths["experiment"])
     _check_writable(paths["results"].parent)
     model_dir = preflight(config)
-    # before Ray starts the concurrency is not known: tune.max_concurrent, or every trial at once
-    kept = checkpoints_kept(config.tune.num_samples, config.train.checkpoint_keep,
-                            config.tune.max_concurrent or config.tune.num_samples)
-    return check_disk(paths["storage"], kept * checkpoint_bytes(model_dir), config.tune.min_free_disk_gb)
+    return check_disk(paths["storage"], preflight_checkpoints(config) * checkpoint_bytes(model_dir), config.tune.min_free_disk_gb)
 
 
 def run_study(config: Config, resume: bool = False, address: str | None = None, evaluate: bool = True, log=print,

@@ -64,7 +64,7 @@ def test_gpu_figures_without_a_measured_row_or_for_cpu_workers_are_refused(tmp_p
 
 
 def test_a_gpu_trial_on_a_machine_without_gpus_is_refused(tiny_bert, capsys):
-    assert main(["plan", "tune/scibert.yaml", "--set", f"model.name={tiny_bert}"]) == 2
+    assert main(["plan", "tune/scibert.yaml", "--data", "data/arxiv_sample.parquet", "--set", f"model.name={tiny_bert}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: one trial needs CPU=4, GPU=1") and "\n" not in err
 
